@@ -1,0 +1,1 @@
+"""Inference engine: model, diffusion, noise, volumes and metrics. No Qt here, ever."""

@@ -1,0 +1,120 @@
+"""One self-describing checkpoint file: format version, all configs, EMA weights, step, provenance."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import DiffusionConfig, ModelConfig, NoiseConfig, Preset, PreprocessConfig, config_from_dict, config_to_dict
+from .unet import UNet
+
+FORMAT = "sss-viewer-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable sss-viewer checkpoint."""
+
+
+@dataclass
+class LoadedCheckpoint:
+    model: UNet          # EMA weights, eval mode, on the requested device
+    preset: Preset       # every config the model was trained with
+    step: int            # training step the weights come from
+    provenance: str      # free text: data, command, machine
+    path: Path
+    sha256: str          # identity of the file, for reports
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def preset_to_dict(preset: Preset) -> dict[str, dict]:
+    return {"model": config_to_dict(preset.model), "diffusion": config_to_dict(preset.diffusion),
+            "noise": config_to_dict(preset.noise), "preprocess": config_to_dict(preset.preprocess)}
+
+
+def preset_from_dict(data: dict) -> Preset:
+    return Preset(model=config_from_dict(ModelConfig, data["model"]),
+                  diffusion=config_from_dict(DiffusionConfig, data["diffusion"]),
+                  noise=config_from_dict(NoiseConfig, data["noise"]),
+                  preprocess=config_from_dict(PreprocessConfig, data["preprocess"]))
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save to a temporary file beside path, then rename: a crash never leaves a half file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: str | os.PathLike, preset: Preset, ema_state: dict[str, torch.Tensor], step: int,
+                    provenance: str = "", extra: dict[str, Any] | None = None) -> None:
+    """Write the checkpoint atomically; extra holds training state (optimiser, RNG) for resuming."""
+    payload = {"format": FORMAT, "version": VERSION, "configs": preset_to_dict(preset),
+               "ema": {k: v.detach().cpu() for k, v in ema_state.items()}, "step": int(step),
+               "provenance": provenance}
+    if extra:
+        payload["train_state"] = extra
+    atomic_torch_save(payload, path)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The raw payload, loaded with weights_only=True; anything not ours raises CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path.name} holds objects other than tensors and plain data; refusing to load it "
+                              f"(only sss-train checkpoints are accepted)") from e
+    except Exception as e:  # torch raises many types for a damaged file: EOFError, KeyError, RuntimeError...
+        raise CheckpointError(f"{path.name} is not a readable checkpoint (truncated or corrupt?): "
+                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path.name} is not an sss-viewer checkpoint; train one with sss-train")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(f"{path.name} has checkpoint format version {payload.get('version')}, "
+                              f"this sss-viewer reads version {VERSION}; upgrade sss-viewer")
+    return payload
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedCheckpoint:
+    """Rebuild the model from the configs stored in the file and load its EMA weights."""
+    payload = read_checkpoint(path)
+    try:
+        preset = preset_from_dict(payload["configs"])
+        model = UNet(preset.model)
+        model.load_state_dict(payload["ema"])
+    except (KeyError, TypeError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"{Path(path).name} does not match its stored model configuration: "
+                              f"{str(e).splitlines()[0]}") from e
+    model.eval().to(device)
+    return LoadedCheckpoint(model=model, preset=preset, step=int(payload.get("step", 0)),
+                            provenance=str(payload.get("provenance", "")), path=Path(path),
+                            sha256=file_sha256(path))

@@ -1,0 +1,58 @@
+"""Segmentation metrics in numpy: Dice, IoU, precision, recall, and pixel-wise ROC AUC."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import rankdata
+
+
+def _counts(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int, int]:
+    """(true positives, false positives, false negatives) of two binary arrays of one shape."""
+    p, g = np.asarray(pred, bool), np.asarray(truth, bool)
+    if p.shape != g.shape:
+        raise ValueError(f"prediction shape {p.shape} differs from ground truth shape {g.shape}")
+    tp = int(np.count_nonzero(p & g))
+    return tp, int(np.count_nonzero(p)) - tp, int(np.count_nonzero(g)) - tp
+
+
+def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    """2 TP / (2 TP + FP + FN); 1.0 when both are empty."""
+    tp, fp, fn = _counts(pred, truth)
+    return 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+
+
+def iou(pred: np.ndarray, truth: np.ndarray) -> float:
+    """TP / (TP + FP + FN); 1.0 when both are empty."""
+    tp, fp, fn = _counts(pred, truth)
+    return 1.0 if tp + fp + fn == 0 else tp / (tp + fp + fn)
+
+
+def precision(pred: np.ndarray, truth: np.ndarray) -> float:
+    """TP / (TP + FP): the share of flagged pixels that are anomalous; 1.0 when nothing is flagged."""
+    tp, fp, _ = _counts(pred, truth)
+    return 1.0 if tp + fp == 0 else tp / (tp + fp)
+
+
+def recall(pred: np.ndarray, truth: np.ndarray) -> float:
+    """TP / (TP + FN): the share of anomalous pixels that are flagged; 1.0 when there are none."""
+    tp, _, fn = _counts(pred, truth)
+    return 1.0 if tp + fn == 0 else tp / (tp + fn)
+
+
+def roc_auc(score: np.ndarray, truth: np.ndarray) -> float:
+    """Pixel-wise ROC AUC = P(score of an anomalous pixel > score of a normal one), ties counted half
+    (the Mann-Whitney U statistic). NaN when truth holds only one class."""
+    s, g = np.asarray(score, np.float64).ravel(), np.asarray(truth, bool).ravel()
+    if s.shape != g.shape:
+        raise ValueError(f"score size {s.size} differs from ground truth size {g.size}")
+    n_pos = int(g.sum())
+    n_neg = g.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(s)                                   # average ranks handle ties
+    return float((ranks[g].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def all_metrics(pred: np.ndarray, score: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    return {"dice": dice(pred, truth), "iou": iou(pred, truth), "precision": precision(pred, truth),
+            "recall": recall(pred, truth), "auc": roc_auc(score, truth)}

@@ -1,0 +1,1 @@
+"""Desktop viewer: Qt and pyqtgraph widgets over the core engine."""

@@ -1,0 +1,183 @@
+"""Engine: schedule, q_sample, single-step and iterative sampling with an oracle, UNet presets, detector."""
+
+import numpy as np
+import pytest
+import torch
+
+from sss_viewer.core.anomaly import (Detector, PostProcess, consensus_mask, make_mask, postprocess, slice_scores,
+                                     slice_seeds)
+from sss_viewer.core.config import PRESETS, DiffusionConfig, NoiseConfig
+from sss_viewer.core.diffusion import Diffusion
+from sss_viewer.core.unet import AttentionBlock, UNet, count_parameters
+
+ABAR = np.cumprod(1.0 - np.linspace(1e-4, 0.02, 1000))       # independent float64 reference
+
+
+def oracle_for(x0: torch.Tensor):
+    """A 'model' that returns the true noise: eps = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t)."""
+    def eps(x_t, t):
+        a = torch.as_tensor(ABAR, dtype=x_t.dtype)[t].reshape(-1, 1, 1, 1)
+        return (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+    return eps
+
+
+def smooth_image(b=2, s=32, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.nn.functional.avg_pool2d(torch.rand(b, 1, s, s, generator=g), 5, 1, 2)
+    return (x * 2 - 1).to(dtype)                                           # (B, 1, S, S)
+
+
+def test_schedule_matches_running_product():
+    d = Diffusion(DiffusionConfig(), NoiseConfig())
+    running, prod = [], 1.0
+    for beta in np.linspace(1e-4, 0.02, 1000):
+        prod *= 1 - beta
+        running.append(prod)
+    assert d.betas.dtype == torch.float64
+    assert float(d.betas[0]) == pytest.approx(1e-4) and float(d.betas[-1]) == pytest.approx(0.02)
+    np.testing.assert_allclose(d.alphas_cumprod.numpy(), running, rtol=1e-12)
+
+
+def test_q_sample_closed_form():
+    d = Diffusion(DiffusionConfig(), NoiseConfig())
+    x0, eps = smooth_image(), torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([0, 299])
+    x_t = d.q_sample(x0, t, eps)
+    for i, ti in enumerate(t.tolist()):
+        expect = np.sqrt(ABAR[ti]) * x0[i].numpy() + np.sqrt(1 - ABAR[ti]) * eps[i].numpy()
+        np.testing.assert_allclose(x_t[i].numpy(), expect, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["simplex", "gaussian"])
+@pytest.mark.parametrize("lam", [1, 50, 250, 300, 400, 600, 999])
+def test_single_step_with_oracle_recovers_x0(kind, lam):
+    d = Diffusion(DiffusionConfig(), NoiseConfig(kind=kind))
+    x0 = smooth_image(dtype=torch.float64)
+    x0_hat = d.single_step(oracle_for(x0), x0, lam, generator=torch.Generator().manual_seed(lam))
+    assert torch.max(torch.abs(x0_hat - x0)) < 1e-5
+
+
+def test_single_step_float32_oracle_in_paper_band():
+    d = Diffusion(DiffusionConfig(), NoiseConfig())
+    x0 = smooth_image()
+    for lam in (250, 300, 350, 400):
+        assert torch.max(torch.abs(d.single_step(oracle_for(x0), x0, lam, seeds=torch.tensor([1, 2])) - x0)) < 1e-5
+
+
+def test_iterative_chain_with_oracle_ends_near_x0_and_yields_each_step():
+    d = Diffusion(DiffusionConfig(), NoiseConfig())
+    x0 = smooth_image(s=16)
+    steps = list(d.iterative(oracle_for(x0), x0, 100, generator=torch.Generator().manual_seed(0)))
+    assert [s.t for s in steps] == list(range(100, -1, -1))
+    assert steps[-1].done == steps[-1].total == 101
+    assert torch.mean(torch.abs(steps[-1].x - x0)) < 0.02
+    start_err = torch.mean(torch.abs(steps[0].x - x0))
+    assert start_err > 5 * torch.mean(torch.abs(steps[-1].x - x0))
+
+
+def test_iterative_chain_can_be_cancelled():
+    d = Diffusion(DiffusionConfig(), NoiseConfig(kind="gaussian"))
+    x0 = smooth_image(s=16)
+    calls = []
+
+    def model(x, t):
+        calls.append(int(t[0]))
+        return torch.zeros_like(x)
+    for step in d.iterative(model, x0, 300):
+        if step.done == 5:
+            break
+    assert calls == [300, 299, 298, 297, 296]
+
+
+def test_bad_timestep_is_a_clear_error():
+    d = Diffusion(DiffusionConfig(), NoiseConfig())
+    with pytest.raises(ValueError, match="outside"):
+        d.single_step(lambda x, t: x, smooth_image(), 1000)
+
+
+def test_paper_preset_matches_table_1():
+    cfg = PRESETS["paper"].model
+    assert (cfg.image_size, cfg.base_channels, cfg.channel_mult, cfg.num_res_blocks, cfg.num_heads, cfg.dropout) == \
+        (256, 128, (1, 1, 2, 3, 4), 2, 2, 0.0)
+    with torch.device("meta"):
+        model = UNet(cfg)
+        sizes = []
+        for m in model.modules():
+            if isinstance(m, AttentionBlock):
+                m.register_forward_hook(lambda mod, inp, out: sizes.append((inp[0].shape[1], inp[0].shape[-1])))
+        out = model(torch.zeros(1, 1, 256, 256), torch.zeros(1, dtype=torch.long))
+    assert out.shape == (1, 1, 256, 256)
+    n = count_parameters(model)
+    assert 85e6 < n < 95e6, n                        # "about 90 M"
+    # 2 (down) + 3 (up) blocks at each of 32 and 16 with attention, plus the middle block at 16.
+    assert sorted(set(s for _, s in sizes)) == [16, 32]
+    assert sum(1 for _, s in sizes if s == 32) == 5 and sum(1 for _, s in sizes if s == 16) == 6
+    assert {c for c, s in sizes if s == 32} == {3 * 128} and {c for c, s in sizes if s == 16} == {4 * 128}
+
+
+def test_unet_is_deterministic_and_shape_preserving(tiny_preset):
+    torch.manual_seed(0)
+    model = UNet(tiny_preset.model).eval()
+    for p in model.parameters():                     # break the zero init so the output depends on x and t
+        torch.nn.init.normal_(p, std=0.1)
+    x = smooth_image()
+    with torch.no_grad():
+        a, b = model(x, torch.tensor([10, 500])), model(x, torch.tensor([10, 500]))
+        c = model(x, torch.tensor([11, 500]))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a[0], c[0])
+
+
+def test_detector_result_independent_of_batching(tiny_preset):
+    torch.manual_seed(0)
+    model = UNet(tiny_preset.model)
+    torch.nn.init.normal_(model.out[-1].weight, std=0.1)
+    slices = smooth_image(b=5)[:, 0].numpy()
+    whole = Detector(model, tiny_preset, device="cpu", batch_size=5).reconstruct(slices, 300, seed=7)
+    one = Detector(model, tiny_preset, device="cpu", batch_size=2).reconstruct(slices[3:4], 300, seed=7, indices=[3])
+    np.testing.assert_allclose(one.recon[0], whole.recon[3], atol=1e-5)
+    other_seed = Detector(model, tiny_preset, device="cpu").reconstruct(slices[3:4], 300, seed=8, indices=[3])
+    assert not np.allclose(other_seed.recon[0], whole.recon[3])
+    np.testing.assert_allclose(whole.error, (slices - whole.recon) ** 2, rtol=1e-6)
+
+
+def test_detector_progress_and_cancel(tiny_preset):
+    det = Detector(UNet(tiny_preset.model), tiny_preset, device="cpu", batch_size=2)
+    seen = []
+    det.reconstruct(smooth_image(b=5)[:, 0].numpy(), 250, progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(2, 5), (4, 5), (5, 5)]
+    with pytest.raises(InterruptedError):
+        det.reconstruct(smooth_image(b=2)[:, 0].numpy(), 20, iterative=True, progress=lambda d, t: d < 10)
+
+
+def test_slice_seeds_differ_per_slice_and_timestep():
+    a = slice_seeds(0, [0, 1, 2], 300)
+    assert len(set(a.tolist())) == 3
+    assert not torch.equal(a, slice_seeds(0, [0, 1, 2], 250)) and not torch.equal(a, slice_seeds(1, [0, 1, 2], 300))
+
+
+def test_postprocess_dilates_and_keeps_largest():
+    m = np.zeros((12, 12), bool)
+    m[2:4, 2:4] = True            # 4 px region
+    m[8, 8] = True                # 1 px region
+    out = postprocess(m, PostProcess())
+    expect = np.zeros_like(m)
+    expect[1:5, 1:5] = True       # the 2x2 block dilated by 3x3, the speck removed
+    np.testing.assert_array_equal(out, expect)
+    both = postprocess(m, PostProcess(keep_largest=0))
+    assert both[7:10, 7:10].all() and both.sum() == 16 + 9
+    none = postprocess(m, PostProcess(dilate=False, keep_largest=0, min_area=2))
+    np.testing.assert_array_equal(none, m & ~(np.arange(144).reshape(12, 12) == 8 * 12 + 8))
+    np.testing.assert_array_equal(postprocess(m, PostProcess(enabled=False)), m)
+
+
+def test_mask_threshold_consensus_and_scores():
+    e = np.array([[[0.1, 0.5], [0.31, 0.3]]], np.float32)
+    np.testing.assert_array_equal(make_mask(e, 0.3, PostProcess(enabled=False)), [[[0, 1], [1, 0]]])
+    a, b, c = (np.array([1, 1, 0, 0], bool), np.array([1, 0, 1, 0], bool), np.array([1, 0, 0, 1], bool))
+    np.testing.assert_array_equal(consensus_mask([a, b, c]), [1, 0, 0, 0])
+    np.testing.assert_array_equal(consensus_mask([a, b, c], votes=1), [1, 1, 1, 1])
+    with pytest.raises(ValueError):
+        consensus_mask([a, b], votes=3)
+    err = np.zeros((2, 10, 10), np.float32)
+    err[1, :5] = 1.0
+    np.testing.assert_allclose(slice_scores(err), [0.0, 1.0])

@@ -1,0 +1,41 @@
+"""The no-Qt rule: every module of sss_viewer.core and trainer imports with PySide6 and pyqtgraph unimportable."""
+
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import sss_viewer.core
+import trainer
+
+BLOCKER = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('PySide6', 'pyqtgraph', 'shiboken6'):
+            raise ImportError('Qt is forbidden here: ' + name)
+sys.meta_path.insert(0, Block())
+import importlib
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+assert not any(m.split('.')[0] in ('PySide6', 'pyqtgraph') for m in sys.modules)
+print('imported', len(sys.argv) - 1)
+"""
+
+
+def modules(package) -> list[str]:
+    return [package.__name__] + [m.name for m in pkgutil.walk_packages(package.__path__, package.__name__ + ".")]
+
+
+def test_core_and_trainer_import_without_qt():
+    names = modules(sss_viewer.core) + modules(trainer)
+    assert "sss_viewer.core.unet" in names and "sss_viewer.core.volume" in names
+    out = subprocess.run([sys.executable, "-c", BLOCKER, *names], capture_output=True, text=True,
+                         cwd=Path(sss_viewer.core.__file__).parents[2])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"imported {len(names)}"
+
+
+def test_blocker_really_blocks_qt():
+    out = subprocess.run([sys.executable, "-c", BLOCKER, "pyqtgraph"], capture_output=True, text=True)
+    assert out.returncode != 0 and "Qt is forbidden" in out.stderr
