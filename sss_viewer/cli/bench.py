@@ -1,0 +1,255 @@
+"""sss-bench: simplex noise, single-step vs iterative, whole-volume throughput and memory, side by side in one run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..core.anomaly import Detector, detect_volume, resolve_device
+from ..core.config import PRESETS, NoiseConfig
+from ..core.simplex import octave_noise
+from ..core.unet import UNet
+from ..core.volume import prepare
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device, repeats: int = 3, warmup: int = 1) -> float:
+    """Best wall time of `repeats` calls after `warmup` calls (the least disturbed by other load)."""
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+class PeakMemory:
+    """Peak memory of a block: CUDA peak allocated, or on Linux the process's peak RSS (VmHWM, reset first)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.peak_mb = device, float("nan")
+
+    @staticmethod
+    def _vm_hwm_mb() -> float:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            try:
+                Path("/proc/self/clear_refs").write_text("5")   # resets VmHWM to the current RSS
+            except OSError:
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2 ** 20
+        elif Path("/proc/self/status").exists():
+            self.peak_mb = self._vm_hwm_mb()
+
+
+def package_octave_field(seed: int, size: int, cfg: NoiseConfig, z: float) -> np.ndarray:
+    """The same octave sum as octave_noise, from the opensimplex package (as AnoDDPM computed it)."""
+    import opensimplex
+    gen = opensimplex.OpenSimplex(seed)
+    grid = np.arange(size, dtype=np.float64)
+    field = np.zeros((size, size))
+    for k in range(cfg.octaves):
+        f = cfg.frequency * 2.0 ** k
+        field += cfg.persistence ** k * gen.noise3array(grid * f, grid * f, np.array([z * f]))[0]  # (H, W)
+    return field
+
+
+def bench_noise(device: torch.device, batch: int, size: int = 256) -> dict:
+    """Vectorised octave noise for `batch` fields vs the opensimplex package, and their largest difference."""
+    cfg = NoiseConfig(standardize=False)
+    seeds = torch.arange(1, batch + 1)
+    ours_s = timed(lambda: octave_noise((batch, size, size), seeds, cfg, z=300.0, device=device), device)
+    ours = octave_noise((batch, size, size), seeds, cfg, z=300.0, device=device).cpu().numpy()
+    start = time.perf_counter()
+    ref = np.stack([package_octave_field(int(s), size, cfg, 300.0) for s in seeds])
+    package_s = time.perf_counter() - start
+    return {"noise_fields": batch, "noise_size": size, "noise_ours_s": ours_s, "noise_package_s": package_s,
+            "noise_speedup": package_s / ours_s, "noise_max_abs_diff": float(np.abs(ours - ref).max())}
+
+
+def bench_sss_vs_iterative(preset_name: str, device: torch.device, lambdas: tuple[int, ...]) -> dict:
+    """One slice, one model: single-step vs the iterative chain at each lambda, and one bare UNet call."""
+    preset = PRESETS[preset_name]
+    torch.manual_seed(0)
+    det = Detector(UNet(preset.model), preset, device=device, batch_size=1)
+    s = preset.model.image_size
+    slice_ = np.tanh(np.random.default_rng(0).standard_normal((1, s, s))).astype(np.float32)
+    x = torch.from_numpy(slice_).to(device)[:, None]
+    t = torch.full((1,), lambdas[0], device=device)
+    with torch.inference_mode():
+        unet_s = timed(lambda: det._eps(x, t), device, repeats=5)
+    out = {"sss_preset": preset_name, "unet_call_s": unet_s}
+    for lam in lambdas:
+        sss_s = timed(lambda: det.reconstruct(slice_, lam), device, repeats=5)
+        iter_s = timed(lambda: det.reconstruct(slice_, lam, iterative=True), device, repeats=1, warmup=0)
+        out[f"sss_s_{lam}"], out[f"iterative_s_{lam}"] = sss_s, iter_s
+        out[f"sss_speedup_{lam}"] = iter_s / sss_s
+        out[f"sss_overhead_{lam}"] = sss_s / unet_s - 1        # everything around the one UNet call
+    return out
+
+
+def count_flops(model: torch.nn.Module, s: int) -> int:
+    """Forward FLOPs for one slice, counted by torch's flop counter (a multiply-add is 2 FLOPs)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        model(torch.zeros(1, 1, s, s), torch.zeros(1, dtype=torch.long))
+    return counter.get_total_flops()
+
+
+def bench_throughput(preset_name: str, device: torch.device, batch_sizes: list[int],
+                     variants: dict[str, dict]) -> dict:
+    """Model slices/s per batch size and variant (bf16, channels_last, compile), FLOPs and peak memory."""
+    preset = PRESETS[preset_name]
+    s = preset.model.image_size
+    torch.manual_seed(0)
+    base = UNet(preset.model).eval()
+    flops = count_flops(base, s)
+    rows = []
+    for name, opts in variants.items():
+        model = UNet(preset.model).eval().to(device)
+        model.load_state_dict(base.state_dict())
+        if opts.get("channels_last"):
+            model = model.to(memory_format=torch.channels_last)
+        fn = torch.compile(model) if opts.get("compile") else model
+        amp = torch.autocast("cuda", dtype=torch.bfloat16) if opts.get("bf16") else nullcontext()
+        for b in batch_sizes:
+            x = torch.randn(b, 1, s, s, device=device)
+            if opts.get("channels_last"):
+                x = x.contiguous(memory_format=torch.channels_last)
+            t = torch.full((b,), 300, device=device)
+
+            def call():
+                with torch.inference_mode(), amp:
+                    fn(x, t)
+            with PeakMemory(device) as mem:
+                sec = timed(call, device, repeats=3, warmup=2 if opts.get("compile") else 1)
+            rows.append({"variant": name, "batch": b, "slices_per_s": b / sec,
+                         "tflops": flops * b / sec / 1e12, "peak_mem_mb": mem.peak_mb})
+    best = max(rows, key=lambda r: r["slices_per_s"])
+    return {"preset": preset_name, "flops_per_slice": flops, "rows": rows, "best": best}
+
+
+def bench_volume(preset_name: str, device: torch.device, n_slices: int, batch: int) -> dict:
+    """End to end on a synthetic brain volume: preprocessing, detection (noise + model), mapping back."""
+    preset = PRESETS[preset_name]
+    rng = np.random.default_rng(0)
+    s = preset.model.image_size
+    zz, yy, xx = np.mgrid[-1:1:complex(0, n_slices), -1:1:complex(0, s), -1:1:complex(0, s)]
+    inside = (xx ** 2 + yy ** 2 + 0.3 * zz ** 2) < 0.8
+    data = np.where(inside, 100 + 20 * rng.standard_normal(inside.shape), 0).astype(np.float32)
+    data = np.ascontiguousarray(data.transpose(2, 1, 0))                      # (X, Y, Z)
+    torch.manual_seed(0)
+    det = Detector(UNet(preset.model), preset, device=device, batch_size=batch)
+    start = time.perf_counter()
+    mv = prepare(data, preset.preprocess)
+    t_prep = time.perf_counter()
+    result = detect_volume(det, mv, slices=(0, n_slices - 1))
+    t_det = time.perf_counter()
+    mv.to_canonical(result.mask, "nearest", result.first_slice)
+    mv.to_canonical(result.error, "linear", result.first_slice)
+    t_back = time.perf_counter()
+    return {"volume_preset": preset_name, "volume_slices": n_slices, "volume_batch": batch,
+            "preprocess_s": t_prep - start, "detect_s": t_det - t_prep, "model_s": result.seconds,
+            "postprocess_s": (t_det - t_prep) - result.seconds, "map_back_s": t_back - t_det,
+            "volume_total_s": t_back - start}
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def print_table(title: str, rows: list[tuple[str, str]]) -> None:
+    print(f"\n## {title}")
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"  {k:<{width}}  {v}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sss-bench", description=__doc__)
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    parser.add_argument("--quick", action="store_true", help="fewer fields, slices and batch sizes")
+    args = parser.parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        print(f"sss-bench: {e}", file=sys.stderr)
+        return 2
+    cuda = device.type == "cuda"
+    res: dict = {"device": str(device), "machine": machine(device), "torch": torch.__version__,
+                 "date": time.strftime("%Y-%m-%d")}
+
+    res.update(bench_noise(device, batch=2 if args.quick else 8))
+    print_table("Simplex noise: 6-octave 256x256 fields", [
+        ("fields", str(res["noise_fields"])), ("ours (s)", f"{res['noise_ours_s']:.3f}"),
+        ("opensimplex package (s)", f"{res['noise_package_s']:.2f}"), ("speed-up", f"{res['noise_speedup']:.0f}x"),
+        ("max |difference|", f"{res['noise_max_abs_diff']:.2e}")])
+
+    res.update(bench_sss_vs_iterative("paper" if cuda else "small", device, (250, 300)))
+    print_table(f"Single-step vs iterative, one slice, {res['sss_preset']} preset", [
+        ("one UNet call (s)", f"{res['unet_call_s']:.4f}")] + [
+        (f"lambda={lam}: SSS / iterative (s)", f"{res[f'sss_s_{lam}']:.4f} / {res[f'iterative_s_{lam}']:.2f}  "
+         f"ratio {res[f'sss_speedup_{lam}']:.0f}x, overhead {100 * res[f'sss_overhead_{lam}']:.1f}%")
+        for lam in (250, 300)])
+
+    variants = {"fp32": {}}
+    if cuda:
+        variants = {"fp32": {}, "bf16": {"bf16": True}, "bf16+channels_last": {"bf16": True, "channels_last": True},
+                    "bf16+channels_last+compile": {"bf16": True, "channels_last": True, "compile": True}}
+    for name in ("small", "paper"):
+        sizes = ([1, 8] if args.quick else [1, 4, 16]) if not cuda else [1, 16, 64, 150]
+        if name == "paper" and not cuda:
+            sizes = [1] if args.quick else [1, 4]
+        tp = bench_throughput(name, device, sizes, variants)
+        res[f"slices_per_s_{name}"] = tp["best"]["slices_per_s"]
+        res[f"flops_per_slice_{name}"] = tp["flops_per_slice"]
+        res[f"throughput_{name}"] = tp["rows"]
+        print_table(f"Throughput, {name} preset ({tp['flops_per_slice'] / 1e9:.1f} GFLOP per slice)", [
+            (f"{r['variant']}, batch {r['batch']}", f"{r['slices_per_s']:.2f} slices/s, {r['tflops'] * 1e3:.1f} GFLOP/s, "
+             f"peak {r['peak_mem_mb']:.0f} MB") for r in tp["rows"]])
+
+    vol = bench_volume("paper" if cuda else "small", device, n_slices=150 if (cuda or not args.quick) else 40,
+                       batch=150 if cuda else 16)
+    res.update(vol)
+    print_table(f"Whole volume end to end, {vol['volume_slices']} slices, {vol['volume_preset']} preset", [
+        (k, f"{vol[k]:.3f} s") for k in ("preprocess_s", "model_s", "postprocess_s", "map_back_s", "volume_total_s")])
+
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,471 @@
+"""NIfTI volumes in (oriented by the affine), preprocessing to model space and back, NIfTI out.
+
+Three spaces, and the exact maps between them:
+
+* native: the input file's own array layout (any axis order and direction).
+* canonical: the same voxels reordered (permutation and flips only, no resampling) to RAS+:
+  array axes (x: left→right, y: posterior→anterior, z: inferior→superior); axial slice k is
+  ``data[:, :, k]``. ``Volume.to_native`` maps any canonical array back to the native layout.
+* model: one square ``S × S`` image per axial slice, ``(Z, S, S)``, cropped to the brain's
+  bounding box (one box for the whole volume, plus a margin), padded to a square in millimetres
+  and resampled so model pixels are square in millimetres. Display layout, radiological: model row
+  runs anterior → posterior (anterior at the top), model column runs patient right → left (the
+  patient's right on the viewer's left). ``Volume.axial_slice`` gives canonical slices in the same
+  layout at full resolution. ``ModelVolume.to_canonical`` maps model-space results back.
+
+For model pixel (r, c) of slice z, with half-size h = S / 2, model pixel side p (mm), canonical
+spacing (sx, sy) and brain-box centre (cx, cy) in canonical voxel indices:
+
+    x = cx - (c + 0.5 - h) · p / sx,      y = cy - (r + 0.5 - h) · p / sy
+
+and the inverse, used to bring model-space maps back onto every canonical voxel:
+
+    c = (cx - x) · sx / p + h - 0.5,      r = (cy - y) · sy / p + h - 0.5
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import warnings
+import zlib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Sequence
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError
+from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
+
+from .config import PreprocessConfig
+
+MAX_VOXELS = 2 ** 28  # largest 3-D volume accepted (1 GiB as float32)
+BACKGROUND_MIN_FRACTION = 0.05  # a minimum value covering this share of voxels is a flat background
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+_READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, zlib.error, ValueError)
+_RAS = axcodes2ornt(("R", "A", "S"))
+
+
+class VolumeError(ValueError):
+    """A volume that cannot be read, analysed or written; the message says what to do."""
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _check_values(data: np.ndarray, name: str, allow_constant: bool = False) -> None:
+    """Refuse empty, non-finite and (unless allowed) constant arrays."""
+    if data.size == 0:
+        raise VolumeError(f"{name} is empty (shape {data.shape}); choose a file that holds an image")
+    finite = np.isfinite(data)
+    if not finite.any():
+        raise VolumeError(f"{name} has no finite values (all NaN or inf); the file is broken, re-export it")
+    if not finite.all():
+        bad = int(data.size - np.count_nonzero(finite))
+        raise VolumeError(f"{name} has {bad} NaN/inf voxels; replace them (e.g. `fslmaths in -nan out`) and retry")
+    if not allow_constant and data.min() == data.max():
+        raise VolumeError(f"{name} is constant (every voxel = {data.flat[0]:g}); nothing to analyse, check the file")
+
+
+@dataclass(frozen=True, eq=False)
+class Volume:
+    """A 3-D scan in canonical RAS+ layout, with what is needed to write results on its own grid."""
+
+    data: np.ndarray = field(repr=False)  # (X, Y, Z) float32, canonical RAS+
+    spacing: tuple[float, float, float]  # mm per canonical axis (x, y, z)
+    affine: np.ndarray                  # (4, 4) voxel → world of the input's native array
+    header: nib.Nifti1Header = field(repr=False)  # the input's header (Nifti2Header for NIfTI-2 inputs)
+    path: Path | None                   # source file; None for arrays built in memory
+    axcodes: tuple[str, str, str]       # orientation letters of the input's native axes, e.g. ("L", "I", "A")
+    ornt: np.ndarray                    # (3, 2) nibabel orientation taking the native array to canonical
+
+    @classmethod
+    def from_array(cls, data: np.ndarray, affine: np.ndarray | None = None,
+                   header: nib.Nifti1Header | None = None, name: str = "array") -> Volume:
+        """Volume from a native 3-D array and its affine (default: 1 mm voxels, RAS), as if loaded."""
+        arr = np.asarray(data)
+        if arr.ndim != 3:
+            raise VolumeError(f"{name} has {arr.ndim} dimensions (shape {arr.shape}); a 3-D volume is needed")
+        if arr.size > MAX_VOXELS:
+            raise VolumeError(f"{name} has {arr.size} voxels, over the {MAX_VOXELS} limit; crop or downsample it")
+        arr = arr.astype(np.float32, copy=False)
+        _check_values(arr, name)
+        affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
+        if header is None:
+            header = nib.Nifti1Header()
+            header.set_data_shape(arr.shape)
+            header.set_qform(affine, 1)
+            header.set_sform(affine, 1)
+        return cls._reorient(arr, affine, header, None, name)
+
+    @classmethod
+    def _reorient(cls, native: np.ndarray, affine: np.ndarray, header, path: Path | None, name: str) -> Volume:
+        """Canonical RAS+ view of a checked native array, by the affine (permutation and flips only)."""
+        ornt = io_orientation(affine)
+        if np.isnan(ornt).any():
+            raise VolumeError(f"{name} has a degenerate affine (no clear axis directions); fix its qform/sform")
+        data = np.ascontiguousarray(apply_orientation(native, ornt), dtype=np.float32)  # (X, Y, Z)
+        if data.shape[0] < 2 or data.shape[1] < 2:
+            raise VolumeError(f"{name} is {data.shape} in RAS order: not an axial stack; "
+                              "a 3-D brain volume is needed")
+        voxel_mm = np.asarray(header.get_zooms()[:3], dtype=np.float64)  # mm per native axis (pixdim)
+        if voxel_mm.size != 3 or not (np.isfinite(voxel_mm).all() and (voxel_mm > 0).all()):
+            voxel_mm = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))  # the affine's column norms
+            if not (np.isfinite(voxel_mm).all() and (voxel_mm > 0).all()):
+                raise VolumeError(f"{name} has no valid voxel size; fix pixdim or the affine in its header")
+        spacing = [0.0, 0.0, 0.0]
+        for axis, (to_axis, _) in enumerate(ornt):
+            spacing[int(to_axis)] = float(voxel_mm[axis])
+        return cls(data=data, spacing=tuple(spacing), affine=affine.copy(), header=header.copy(), path=path,
+                   axcodes=tuple(nib.aff2axcodes(affine)), ornt=ornt)
+
+    @property
+    def n_slices(self) -> int:
+        """Number of axial slices (canonical z)."""
+        return self.data.shape[2]
+
+    @property
+    def pixel_aspect(self) -> float:
+        """Height / width of one pixel of an axial slice as displayed (A-P spacing / L-R spacing)."""
+        return self.spacing[1] / self.spacing[0]
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        """Volume of one voxel in millilitres (for lesion volumes)."""
+        return float(np.prod(self.spacing)) / 1000.0
+
+    @property
+    def native_shape(self) -> tuple[int, ...]:
+        """Array shape in the input file's layout."""
+        return tuple(self.data.shape[int(to_axis)] for to_axis in self.ornt[:, 0])
+
+    @property
+    def canonical_affine(self) -> np.ndarray:
+        """(4, 4) voxel → world affine of the canonical array (same world as the input)."""
+        return self.affine @ inv_ornt_aff(self.ornt, self.native_shape)
+
+    def axial_slice(self, k: int) -> np.ndarray:
+        """Canonical axial slice k in display layout: (Y, X), rows anterior → posterior, columns right → left."""
+        return self.data[::-1, ::-1, k].T
+
+    def to_native(self, arr: np.ndarray) -> np.ndarray:
+        """Canonical (X, Y, Z) array → the input's native array layout, exactly (no resampling)."""
+        arr = np.asarray(arr)
+        if arr.shape != self.data.shape:
+            raise VolumeError(f"array shape {arr.shape} is not the canonical shape {self.data.shape} of this volume")
+        return np.ascontiguousarray(apply_orientation(arr, ornt_transform(_RAS, self.ornt)))
+
+
+def _read(path: str | os.PathLike, allow_constant: bool) -> tuple[np.ndarray, nib.Nifti1Image, str]:
+    """Native float32 3-D array (first volume of a 4-D file) and the image; raises VolumeError."""
+    p = Path(path)
+    name = str(p)
+    if not p.name.lower().endswith(NIFTI_SUFFIXES):
+        raise VolumeError(f"{name} is not a .nii or .nii.gz file; convert it to NIfTI first (e.g. dcm2niix)")
+    if not p.is_file():
+        raise VolumeError(f"{name} does not exist or is not a file; check the path")
+    try:
+        img = nib.load(str(p))
+    except _READ_ERRORS as err:
+        raise VolumeError(f"{name} is not a readable NIfTI file ({_one_line(err)}); "
+                          "re-export or re-download it") from err
+    if img.get_data_dtype().kind not in "biuf":
+        raise VolumeError(f"{name} holds {img.get_data_dtype()} voxels (RGB/complex?); "
+                          "a scalar greyscale image is needed")
+    shape = img.shape
+    dims = len(shape)
+    while dims > 3 and shape[dims - 1] == 1:
+        dims -= 1
+    if dims < 3:
+        raise VolumeError(f"{name} is {dims}-D (shape {shape}); a 3-D brain volume is needed")
+    if dims > 4:
+        raise VolumeError(f"{name} is {dims}-D (shape {shape}); give a 3-D volume (split it, e.g. with fslsplit)")
+    if 0 in shape:
+        raise VolumeError(f"{name} is empty (shape {shape}); choose a file that holds an image")
+    n_voxels = int(np.prod(shape[:3]))
+    if n_voxels > MAX_VOXELS:
+        raise VolumeError(f"{name} has {n_voxels} voxels per volume, over the {MAX_VOXELS} limit; "
+                          "crop or downsample it first")
+    if dims == 4:
+        warnings.warn(f"{name} is 4-D with {shape[3]} volumes; using the first one (index 0)", stacklevel=3)
+    slicer = (slice(None),) * 3 + (0,) * (len(shape) - 3)
+    try:
+        native = np.asarray(img.dataobj[slicer], dtype=np.float32)  # (native axes), reads the data now
+    except _READ_ERRORS as err:
+        raise VolumeError(f"{name}: its voxel data cannot be read ({_one_line(err)}); "
+                          "the file is truncated or corrupt, re-export or re-download it") from err
+    _check_values(native, name, allow_constant)
+    return native, img, name
+
+
+def load_volume(path: str | os.PathLike) -> Volume:
+    """Read a NIfTI-1/2 scan (.nii, .nii.gz), reoriented to canonical RAS+ by its affine; raises VolumeError."""
+    native, img, name = _read(path, allow_constant=False)
+    return Volume._reorient(native, img.affine, img.header, Path(path), name)
+
+
+def load_mask(path: str | os.PathLike, like: Volume) -> np.ndarray:
+    """Read a label/mask file on the grid of `like`: (X, Y, Z) bool canonical, True where label > 0."""
+    native, img, name = _read(path, allow_constant=True)
+    mask = Volume._reorient(native, img.affine, img.header, Path(path), name)
+    if mask.data.shape != like.data.shape or not np.allclose(mask.canonical_affine, like.canonical_affine, atol=1e-3):
+        raise VolumeError(f"{name} is not on the grid of {like.path or 'the image'} (shape {mask.native_shape} vs "
+                          f"{like.native_shape}, or a different affine); resample the mask onto the image first")
+    return mask.data > 0  # (X, Y, Z)
+
+
+def background_level(data: np.ndarray) -> float:
+    """Intensity of the flat background: the minimum if it covers ≥ BACKGROUND_MIN_FRACTION of voxels, else 0.
+
+    Skull-stripped scans have a zero background; some (e.g. z-scored BraTS 2013) have a constant
+    negative one. Brain voxels are those above ``background_level + cfg.brain_threshold``.
+    """
+    low = float(data.min())
+    return low if np.count_nonzero(data == low) >= BACKGROUND_MIN_FRACTION * data.size else 0.0
+
+
+@dataclass(frozen=True, eq=False)
+class ModelVolume:
+    """Axial slices in model space (radiological display layout) and the exact map back to canonical voxels."""
+
+    data: np.ndarray = field(repr=False)   # (Z, S, S) float32 in [-1, 1]; rows A → P, columns R → L
+    brain_mask: np.ndarray = field(repr=False)  # (Z, S, S) bool, brain in model space
+    slice_range: tuple[int, int]           # first, last (inclusive) slices, brain area ≥ min_brain_fraction × max
+    cfg: PreprocessConfig                  # the preprocessing that made this (recorded in checkpoints)
+    canonical_shape: tuple[int, int, int]  # (X, Y, Z) of the canonical volume
+    spacing: tuple[float, float, float]    # canonical mm per axis
+    centre: tuple[float, float]            # (cx, cy) brain-box centre, canonical voxel indices
+    pixel_mm: float                        # model pixel side p in mm (square pixels)
+    brain_box: tuple[int, int, int, int]   # x0, x1, y0, y1 (inclusive) canonical in-plane brain bounding box
+    intensity_range: tuple[float, float]   # raw intensities mapped to -1 and +1
+    background: float                      # raw background level (see background_level)
+
+    @property
+    def image_size(self) -> int:
+        """Model-space square side S."""
+        return self.cfg.image_size
+
+    @property
+    def n_slices(self) -> int:
+        """Number of axial slices (equals the canonical Z)."""
+        return self.canonical_shape[2]
+
+    def _canonical_grid(self, k: int) -> torch.Tensor:
+        """grid_sample grid (1, kS, kS, 2) of canonical (y, x) at k × k sub-pixel centres of every model pixel.
+
+        Normalised for a (1, Z, X, Y) channels-last view of the canonical array (width = y, height = x).
+        """
+        X, Y, _ = self.canonical_shape
+        sx, sy, _ = self.spacing
+        cx, cy = self.centre
+        n = k * self.image_size
+        offset = (np.arange(n) + 0.5 - n / 2) * (self.pixel_mm / k)  # (kS,) mm from the square's middle
+        x = cx - offset / sx  # (kS,) canonical x along model columns
+        y = cy - offset / sy  # (kS,) canonical y along model rows
+        grid = np.empty((1, n, n, 2))
+        grid[0, :, :, 0] = ((2 * y + 1) / Y - 1)[:, None]
+        grid[0, :, :, 1] = ((2 * x + 1) / X - 1)[None, :]
+        return torch.from_numpy(grid).float()
+
+    def _model_grid(self) -> torch.Tensor:
+        """grid_sample grid (1, X, Y, 2) of model (c, r) at every canonical voxel centre, normalised."""
+        X, Y, _ = self.canonical_shape
+        sx, sy, _ = self.spacing
+        cx, cy = self.centre
+        S = self.image_size
+        c = (cx - np.arange(X)) * sx / self.pixel_mm + S / 2 - 0.5  # (X,)
+        r = (cy - np.arange(Y)) * sy / self.pixel_mm + S / 2 - 0.5  # (Y,)
+        grid = np.empty((1, X, Y, 2))
+        grid[0, :, :, 0] = ((2 * c + 1) / S - 1)[:, None]
+        grid[0, :, :, 1] = ((2 * r + 1) / S - 1)[None, :]
+        return torch.from_numpy(grid).float()
+
+    def _to_model(self, canonical: np.ndarray, mode: str, fill: float) -> np.ndarray:
+        """Sample a canonical (X, Y, Z) array at every model pixel of every slice → (Z, S, S); outside → fill.
+
+        Bilinear sampling averages k × k sub-pixel samples, k = ceil(p / finest in-plane spacing), so
+        shrinking weighs every voxel under a model pixel (area-weighted anti-aliasing).
+        """
+        k = 1 if mode == "nearest" else max(1, math.ceil(self.pixel_mm / min(self.spacing[:2]) - 1e-6))
+        src = torch.from_numpy(np.asarray(canonical, dtype=np.float32) - fill)[None].permute(0, 3, 1, 2)  # (1, Z, X, Y)
+        out = F.grid_sample(src, self._canonical_grid(k), mode=mode, padding_mode="zeros",
+                            align_corners=False)  # (1, Z, kS, kS)
+        if k > 1:
+            out = F.avg_pool2d(out, k)  # (1, Z, S, S)
+        return out[0].numpy() + fill
+
+    def mask_to_model(self, mask: np.ndarray) -> np.ndarray:
+        """Canonical (X, Y, Z) label/mask (> 0 is inside) → (Z, S, S) bool, nearest neighbour, same transform."""
+        mask = np.asarray(mask)
+        if mask.shape != self.canonical_shape:
+            raise VolumeError(f"mask shape {mask.shape} is not the volume's canonical shape {self.canonical_shape}; "
+                              "load it with load_mask(path, like=volume)")
+        return self._to_model(mask > 0, "nearest", 0.0) > 0.5
+
+    def to_canonical(self, maps: np.ndarray, order: str = "linear", first_slice: int = 0) -> np.ndarray:
+        """Model-space maps (n, S, S) for slices first_slice … first_slice + n - 1 → canonical (X, Y, Z).
+
+        Every canonical voxel samples its own position in model space: order="linear" (bilinear,
+        for heat maps) or "nearest" (for masks; a bool input gives a bool output). Voxels outside
+        the model square, and slices not given, are 0. ``Volume.to_native`` then gives the input layout.
+        """
+        maps = np.asarray(maps)
+        if order not in ("linear", "nearest"):
+            raise ValueError(f"order must be 'linear' or 'nearest', not {order!r}")
+        S = self.image_size
+        if maps.ndim != 3 or maps.shape[1:] != (S, S):
+            raise VolumeError(f"model-space maps must be (n, {S}, {S}), not {maps.shape}")
+        n = maps.shape[0]
+        if first_slice < 0 or first_slice + n > self.n_slices:
+            raise VolumeError(f"slices {first_slice}..{first_slice + n - 1} are outside 0..{self.n_slices - 1}")
+        src = torch.from_numpy(maps.astype(np.float32))[None]  # (1, n, S, S)
+        mode = "bilinear" if order == "linear" else "nearest"
+        sampled = F.grid_sample(src, self._model_grid(), mode=mode, padding_mode="zeros",
+                                align_corners=False)[0]  # (n, X, Y)
+        out = np.zeros(self.canonical_shape, dtype=np.float32)  # (X, Y, Z)
+        out[:, :, first_slice:first_slice + n] = sampled.permute(1, 2, 0).numpy()
+        return out > 0.5 if maps.dtype == bool and order == "nearest" else out
+
+
+def stretch_contrast(data: np.ndarray, brain: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Map intensities linearly so low → -1 and high → +1, clipped to [-1, 1]; non-brain voxels → -1.
+
+    Degenerate range (high ≤ low, e.g. a binary mask): brain voxels → +1.
+    """
+    if high > low:
+        out = np.subtract(data, low, dtype=np.float32)
+        out *= 2.0 / (high - low)
+        out -= 1.0
+        np.clip(out, -1.0, 1.0, out=out)
+    else:
+        out = np.ones(data.shape, dtype=np.float32)
+    out[~brain] = -1.0
+    return out
+
+
+def prepare(volume: Volume | np.ndarray, cfg: PreprocessConfig = PreprocessConfig(),
+            spacing: Sequence[float] | None = None) -> ModelVolume:
+    """Preprocess a canonical volume into model space, identically for training and inference.
+
+    1. brain = voxels > background_level + cfg.brain_threshold (non-zero for skull-stripped data);
+    2. contrast: the brain's percentiles (cfg.percentile_low, cfg.percentile_high) → [-1, 1], clipped,
+       background -1 (``stretch_contrast``);
+    3. geometry: the in-plane bounding box of the brain over all slices, widened by cfg.margin × its
+       longer side on every side, made square in mm, sampled at S = cfg.image_size pixels a side
+       (bilinear; when shrinking, each model pixel averages k × k bilinear samples, see ``_to_model``).
+
+    `volume` is a loaded Volume (main path) or a canonical (X, Y, Z) array with its `spacing` in mm
+    (default 1 mm isotropic).
+    """
+    if isinstance(volume, Volume):
+        if spacing is not None:
+            raise ValueError("spacing comes from the Volume; pass it only with a bare array")
+        data, spacing = volume.data, volume.spacing
+        name = str(volume.path or "volume")
+    else:
+        data = np.asarray(volume, dtype=np.float32)
+        name = "array"
+        if data.ndim != 3:
+            raise VolumeError(f"{name} has shape {data.shape}; a canonical (X, Y, Z) volume is needed")
+        _check_values(data, name)
+        spacing = (1.0, 1.0, 1.0) if spacing is None else tuple(float(s) for s in spacing)
+        if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
+            raise VolumeError(f"spacing {spacing} must be three positive millimetre sizes (x, y, z)")
+    sx, sy, sz = spacing
+    background = background_level(data)
+    brain = data > background + cfg.brain_threshold  # (X, Y, Z)
+    if not brain.any():
+        raise VolumeError(f"{name} has no voxel above the brain threshold {background + cfg.brain_threshold:g}; "
+                          "is it an empty mask, or is brain_threshold too high?")
+    low, high = (float(v) for v in np.percentile(data[brain], [cfg.percentile_low, cfg.percentile_high]))
+    stretched = stretch_contrast(data, brain, low, high)  # (X, Y, Z) in [-1, 1]
+
+    xs = np.flatnonzero(brain.any(axis=(1, 2)))
+    ys = np.flatnonzero(brain.any(axis=(0, 2)))
+    x0, x1, y0, y1 = int(xs[0]), int(xs[-1]), int(ys[0]), int(ys[-1])
+    side_mm = max((x1 - x0 + 1) * sx, (y1 - y0 + 1) * sy) * (1 + 2 * cfg.margin)
+    pixel_mm = side_mm / cfg.image_size
+
+    areas = brain.sum(axis=(0, 1))  # (Z,) brain voxels per axial slice
+    keep = np.flatnonzero(areas >= cfg.min_brain_fraction * areas.max())
+    geometry = ModelVolume(
+        data=np.empty(0), brain_mask=np.empty(0), slice_range=(int(keep[0]), int(keep[-1])), cfg=cfg,
+        canonical_shape=tuple(int(n) for n in data.shape), spacing=(sx, sy, sz),
+        centre=((x0 + x1) / 2, (y0 + y1) / 2), pixel_mm=pixel_mm, brain_box=(x0, x1, y0, y1),
+        intensity_range=(low, high), background=background)
+    return replace(geometry,
+                   data=geometry._to_model(stretched, "bilinear", -1.0).astype(np.float32),  # (Z, S, S)
+                   brain_mask=geometry._to_model(brain, "bilinear", 0.0) > 0.5)  # (Z, S, S)
+
+
+def write_nifti(array: np.ndarray, like: Volume, path: str | os.PathLike, kind: str = "mask",
+                space: str = "canonical") -> Path:
+    """Write a mask (uint8 0/1) or squared-error map (float32) on the grid of `like`, atomically.
+
+    `array` is canonical (X, Y, Z) (space="canonical", e.g. from ModelVolume.to_canonical) or in the
+    input's layout (space="native"). The output keeps the input's affine and qform/sform codes, so it
+    opens aligned over the input in any NIfTI viewer; cal_min/cal_max are 0..1 for a mask and
+    0..99.9th percentile of the positive errors for an error map. Written to a temporary file in the
+    same folder, then renamed over `path`: a failure leaves no partial file. Refuses to overwrite
+    the input.
+    """
+    if kind not in ("mask", "error"):
+        raise ValueError(f"kind must be 'mask' or 'error', not {kind!r}")
+    if space not in ("canonical", "native"):
+        raise ValueError(f"space must be 'canonical' or 'native', not {space!r}")
+    out = Path(path)
+    suffix = next((s for s in NIFTI_SUFFIXES[::-1] if out.name.lower().endswith(s)), None)
+    if suffix is None:
+        raise VolumeError(f"{out}: output name must end in .nii or .nii.gz")
+    if like.path is not None and (out.resolve() == like.path.resolve()
+                                  or (out.exists() and like.path.exists() and os.path.samefile(out, like.path))):
+        raise VolumeError(f"{out} is the input scan; refusing to overwrite it, choose another output path")
+    arr = np.asarray(array)
+    native = like.to_native(arr) if space == "canonical" else arr
+    if native.shape != like.native_shape:
+        raise VolumeError(f"array shape {native.shape} is not the input's shape {like.native_shape}")
+    if kind == "mask":
+        if not np.isin(native, (0, 1)).all():
+            raise VolumeError("a mask must hold only 0 and 1 (or bool); threshold the map first")
+        native = native.astype(np.uint8)  # (native axes)
+        cal = (0.0, 1.0)
+    else:
+        native = native.astype(np.float32)
+        if not np.isfinite(native).all():
+            raise VolumeError("the error map has NaN/inf values; it cannot be written")
+        positive = native[native > 0]
+        cal = (0.0, float(np.percentile(positive, 99.9)) if positive.size else 1.0)
+
+    header = like.header.copy()
+    header.set_data_dtype(native.dtype)
+    header.set_slope_inter(None, None)  # no scaling: voxel values are the stored values
+    header["cal_min"], header["cal_max"] = cal
+    header.set_intent("none")
+    header.extensions.clear()  # the input's extensions (e.g. CIFTI, AFNI) do not describe this output
+    header["descrip"] = f"sss-viewer {kind}".encode()
+    image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+    image = image_class(native, None, header)
+    qform, qcode = like.header.get_qform(coded=True)
+    sform, scode = like.header.get_sform(coded=True)
+    image.set_qform(qform if qform is not None else like.affine, int(qcode))
+    image.set_sform(sform if sform is not None else like.affine, int(scode))
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp{suffix}")
+    try:
+        nib.save(image, str(tmp))
+        os.replace(tmp, out)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise VolumeError(f"cannot write {out} ({_one_line(err)}); "
+                              "check the folder's permissions and free space") from err
+        raise
+    return out
