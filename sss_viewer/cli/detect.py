@@ -1,0 +1,259 @@
+"""sss-detect: whole-volume anomaly detection for one or many NIfTI scans, written out as mask, error map and JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import secrets
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import sss_viewer
+from sss_viewer.core import resources
+from sss_viewer.core.anomaly import (CONSENSUS_TIMESTEPS, DEFAULT_THRESHOLD, DEFAULT_TIMESTEP, Detector, PostProcess,
+                                     detect_volume)
+from sss_viewer.core.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint, preset_to_dict
+from sss_viewer.core.volume import NIFTI_SUFFIXES, load_volume, prepare, write_nifti
+
+EXIT_BAD_INPUT = 2
+
+
+class InputError(ValueError):
+    """One input that cannot be processed; the message names the file and says what to do."""
+
+
+def parse_timesteps(text: str) -> tuple[int, ...]:
+    """'250,300,350,400' -> (250, 300, 350, 400), for argparse."""
+    try:
+        steps = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers, e.g. 250,300,350,400")
+    if not steps:
+        raise argparse.ArgumentTypeError("give at least one timestep, e.g. 250,300,350,400")
+    return steps
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sss-detect",
+        description="Detect anomalies in brain MRI volumes by single-step diffusion sampling. For each VOLUME "
+                    "writes DIR/<stem>_mask.nii.gz (uint8 0/1), DIR/<stem>_error.nii.gz (float32 squared error) "
+                    "and DIR/<stem>.json, on the input's own voxel grid.")
+    p.add_argument("volumes", nargs="+", metavar="VOLUME", help="input scans (.nii or .nii.gz, skull-stripped)")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created if missing)")
+    p.add_argument("--checkpoint", type=Path, metavar="CKPT",
+                   help="model checkpoint (default: the settings' default checkpoint, else the bundled demo one)")
+    p.add_argument("--timestep", type=int, default=DEFAULT_TIMESTEP,
+                   help=f"noise level lambda of single-step sampling (default {DEFAULT_TIMESTEP})")
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help=f"squared-error threshold of the mask, in model intensity space (default {DEFAULT_THRESHOLD})")
+    p.add_argument("--consensus", type=parse_timesteps, metavar="T1,T2,...",
+                   help="common regions over these timesteps instead of --timestep (the paper: "
+                        + ",".join(map(str, CONSENSUS_TIMESTEPS)) + ")")
+    p.add_argument("--votes", type=int, metavar="K",
+                   help="with --consensus: a pixel is kept when at least K timesteps flag it (default: a majority)")
+    p.add_argument("--no-postprocess", action="store_true", help="skip the 3x3 dilation and largest-region step")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N] (default auto)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed; equal seeds give equal results (default 0)")
+    p.add_argument("--batch-size", type=int, default=16, metavar="B", help="slices per model call (default 16)")
+    return p
+
+
+def output_stem(path: Path) -> str:
+    """File name without .nii / .nii.gz (any case)."""
+    name = path.name
+    for suffix in sorted(NIFTI_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[:-len(suffix)]
+    return path.stem
+
+
+@dataclass(frozen=True)
+class Outputs:
+    mask: Path
+    error: Path
+    report: Path
+
+    @classmethod
+    def for_input(cls, path: Path, out_dir: Path) -> Outputs:
+        stem = output_stem(path)
+        return cls(out_dir / f"{stem}_mask.nii.gz", out_dir / f"{stem}_error.nii.gz", out_dir / f"{stem}.json")
+
+    def paths(self) -> tuple[Path, Path, Path]:
+        return self.mask, self.error, self.report
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def plan_outputs(inputs: list[Path], out_dir: Path) -> list[tuple[Path, Outputs | InputError]]:
+    """Output names per input, in order; an InputError where they would overwrite an input or an earlier input's."""
+    plan: list[tuple[Path, Outputs | InputError]] = []
+    claimed: dict[str, Path] = {}
+    for path in inputs:
+        outs = Outputs.for_input(path, out_dir)
+        clash = next(((o, i) for o in outs.paths() for i in inputs if _same_file(o, i)), None)
+        if clash is not None:
+            plan.append((path, InputError(f"{path}: its output {clash[0].name} would overwrite the input "
+                                          f"{clash[1]}; choose another --out folder")))
+            continue
+        owner = next((claimed[str(o.resolve())] for o in outs.paths() if str(o.resolve()) in claimed), None)
+        if owner is not None:
+            plan.append((path, InputError(f"{path}: gives the same output names as {owner} in {out_dir}; "
+                                          "rename one of them or run them with different --out folders")))
+            continue
+        claimed.update({str(o.resolve()): path for o in outs.paths()})
+        plan.append((path, outs))
+    return plan
+
+
+def write_json(data: dict, path: Path) -> None:
+    """Write JSON to a temporary file beside path, then rename: no partial file on failure."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def versions() -> dict[str, str]:
+    return {"sss_viewer": sss_viewer.__version__, "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__, "nibabel": nib.__version__}
+
+
+def checkpoint_identity(ckpt: LoadedCheckpoint) -> dict:
+    return {"path": str(ckpt.path.resolve()), "sha256": ckpt.sha256, "step": ckpt.step,
+            "preset": preset_to_dict(ckpt.preset)}
+
+
+def process(path: Path, outs: Outputs, detector: Detector, ckpt: LoadedCheckpoint, args: argparse.Namespace,
+            timesteps: tuple[int, ...], pp: PostProcess) -> dict:
+    """Detect on one volume and write its three files; on any failure none of them is left behind."""
+    t_start = time.perf_counter()
+    volume = load_volume(path)
+    t_loaded = time.perf_counter()
+    model_volume = prepare(volume, ckpt.preset.preprocess)
+    t_prepared = time.perf_counter()
+    first, last = model_volume.slice_range
+    with tqdm(total=(last - first + 1) * len(timesteps), desc=output_stem(path), unit="slice", file=sys.stderr,
+              disable=None, leave=False) as bar:
+        def progress(done: int, total: int) -> bool:
+            bar.update(done - bar.n)
+            return True
+        result = detect_volume(detector, model_volume, timesteps, args.threshold, pp, votes=args.votes,
+                               seed=args.seed, progress=progress)
+    mask = model_volume.to_canonical(result.mask, "nearest", first_slice=result.first_slice)    # (X, Y, Z) bool
+    error = model_volume.to_canonical(result.error, "linear", first_slice=result.first_slice)   # (X, Y, Z) float32
+    t_post = time.perf_counter()
+
+    written: list[Path] = []
+    try:
+        written.append(write_nifti(mask, volume, outs.mask, kind="mask"))
+        written.append(write_nifti(error, volume, outs.error, kind="error"))
+        n_voxels = int(np.count_nonzero(mask))
+        t_written = time.perf_counter()
+        report = {
+            "input": {"path": str(path.resolve()), "shape": list(volume.native_shape),
+                      "axcodes": "".join(volume.axcodes), "voxel_mm": list(volume.spacing)},
+            "outputs": {"mask": outs.mask.name, "error": outs.error.name},
+            "parameters": {"timesteps": list(timesteps), "consensus": len(timesteps) > 1,
+                           "votes": (args.votes or len(timesteps) // 2 + 1) if len(timesteps) > 1 else None,
+                           "threshold": args.threshold, "postprocess": pp.enabled, "seed": args.seed,
+                           "batch_size": args.batch_size, "device": str(detector.device)},
+            "checkpoint": checkpoint_identity(ckpt),
+            "timings_s": {"load": t_loaded - t_start, "preprocess": t_prepared - t_loaded, "model": result.seconds,
+                          "postprocess": t_post - t_prepared - result.seconds, "write": t_written - t_post,
+                          "total": t_written - t_start},
+            "slice_range": [first, last],
+            "slice_axis": "canonical RAS+ axial index (inferior to superior)",
+            "slice_scores": [{"slice": int(k), "score": float(s)}
+                             for k, s in zip(result.slice_indices, result.scores)],
+            "mask_voxels": n_voxels,
+            "lesion_volume_ml": n_voxels * volume.voxel_volume_ml,
+            "versions": versions(),
+        }
+        write_json(report, outs.report)
+        written.append(outs.report)
+    except BaseException:
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of sss-detect; returns the exit status (0 all done, 2 any input or setup failed)."""
+    args = build_parser().parse_args(argv)
+
+    def fail(message) -> int:
+        print(f"sss-detect: {' '.join(str(message).split())}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    if args.batch_size < 1:
+        return fail(f"--batch-size must be at least 1, not {args.batch_size}")
+    timesteps = args.consensus or (args.timestep,)
+    if args.votes is not None and not 1 <= args.votes <= len(timesteps):
+        return fail(f"--votes {args.votes} must be between 1 and the {len(timesteps)} consensus timesteps")
+    if args.out.exists() and not args.out.is_dir():
+        return fail(f"--out {args.out} is a file; give a folder")
+    try:
+        ckpt_path = args.checkpoint or resources.default_checkpoint()
+        ckpt = load_checkpoint(ckpt_path)
+        detector = Detector(ckpt.model, ckpt.preset, args.device, batch_size=args.batch_size)
+    except FileNotFoundError as err:  # no default checkpoint; the message says what to do
+        return fail(err)
+    except CheckpointError as err:
+        return fail(f"{err}; pass a checkpoint made by sss-train with --checkpoint")
+    except ValueError as err:  # the device
+        return fail(str(err))
+    bad_t = [t for t in timesteps if not 0 <= t < ckpt.preset.diffusion.timesteps]
+    if bad_t:
+        return fail(f"timestep(s) {bad_t} outside [0, {ckpt.preset.diffusion.timesteps}); pick values in 250-400")
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        return fail(f"cannot create the output folder {args.out} ({err.strerror}); check the path and permissions")
+
+    pp = PostProcess(enabled=not args.no_postprocess)
+    inputs = [Path(v) for v in args.volumes]
+    status = 0
+    for path, outs in plan_outputs(inputs, args.out):
+        if isinstance(outs, InputError):
+            status = fail(outs)
+            continue
+        try:
+            torch.manual_seed(args.seed)  # Gaussian noise draws from the global generator: same seed, same result
+            report = process(path, outs, detector, ckpt, args, timesteps, pp)
+        except ValueError as err:  # VolumeError: the message names the file
+            status = fail(err)
+            continue
+        except torch.OutOfMemoryError:
+            status = fail(f"{path}: out of GPU memory; lower --batch-size or use --device cpu")
+            continue
+        except OSError as err:
+            status = fail(f"{path}: cannot write its outputs ({err.strerror}); check the folder's free space")
+            continue
+        print(f"{path}: {report['mask_voxels']} voxels flagged ({report['lesion_volume_ml']:.2f} mL) -> "
+              f"{outs.mask.name}, {outs.error.name}, {outs.report.name}")
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

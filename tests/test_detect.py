@@ -1,0 +1,195 @@
+"""sss-detect: three outputs on the input's grid, the JSON report, an exact oracle cube, bad inputs and checkpoints."""
+
+import gzip
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from sss_viewer.cli import detect
+from sss_viewer.core.checkpoint import LoadedCheckpoint, save_checkpoint
+from sss_viewer.core.config import PRESETS, NoiseConfig, Preset, PreprocessConfig
+from sss_viewer.core.diffusion import Diffusion
+from sss_viewer.core.unet import UNet
+
+LAS_1MM2 = np.diag([-1.0, 1.0, 2.0, 1.0])  # x flipped (L), 2 mm slices
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A tiny-preset checkpoint with perturbed weights; Gaussian noise keeps the tests fast."""
+    preset = Preset(model=PRESETS["tiny"].model, noise=NoiseConfig(kind="gaussian"),
+                    preprocess=PRESETS["tiny"].preprocess)
+    torch.manual_seed(0)
+    model = UNet(preset.model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(path, preset, model.state_dict(), step=7, provenance="test")
+    return path
+
+
+def brain_volume(shape=(26, 30, 8)) -> np.ndarray:
+    """Native float32 array: a textured ellipsoid on a zero background, empty first and last slices."""
+    g = np.indices(shape, dtype=np.float64)
+    centre = [(n - 1) / 2 for n in shape]
+    r2 = sum(((gi - c) / (0.45 * n)) ** 2 for gi, c, n in zip(g[:2], centre[:2], shape[:2]))
+    inside = (r2 <= 1.0) & (g[2] >= 1) & (g[2] <= shape[2] - 2)
+    return np.where(inside, 100 + 20 * np.sin(g[0] / 2) + 3 * g[1], 0).astype(np.float32)
+
+
+def save(arr: np.ndarray, path: Path, affine=LAS_1MM2) -> Path:
+    nib.Nifti1Image(arr, affine).to_filename(str(path))
+    return path
+
+
+def run(argv, capsys) -> tuple[int, list[str]]:
+    status = detect.main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    return status, [line for line in err.splitlines() if line.strip()]
+
+
+def test_three_outputs_on_the_input_grid(tmp_path, checkpoint, capsys):
+    src = save(brain_volume(), tmp_path / "sub-01_T1w.nii.gz")
+    out = tmp_path / "out"
+    status, errors = run([src, "--out", out, "--checkpoint", checkpoint, "--device", "cpu", "--seed", "3"], capsys)
+    assert status == 0 and errors == []
+    assert sorted(p.name for p in out.iterdir()) == ["sub-01_T1w.json", "sub-01_T1w_error.nii.gz",
+                                                     "sub-01_T1w_mask.nii.gz"]
+    mask_img = nib.load(str(out / "sub-01_T1w_mask.nii.gz"))
+    error_img = nib.load(str(out / "sub-01_T1w_error.nii.gz"))
+    for img in (mask_img, error_img):
+        assert img.shape == (26, 30, 8)
+        np.testing.assert_allclose(img.affine, LAS_1MM2)
+    mask = np.asarray(mask_img.dataobj)
+    error = np.asarray(error_img.dataobj)
+    assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
+    assert error.dtype == np.float32 and (error >= 0).all() and error.max() > 0
+
+    report = json.loads((out / "sub-01_T1w.json").read_text())
+    for key in ("input", "outputs", "parameters", "checkpoint", "timings_s", "slice_range", "slice_scores",
+                "mask_voxels", "lesion_volume_ml", "versions"):
+        assert key in report
+    ck = report["checkpoint"]
+    assert ck["step"] == 7 and len(ck["sha256"]) == 64 and Path(ck["path"]) == checkpoint.resolve()
+    assert ck["preset"]["model"]["image_size"] == 32 and ck["preset"]["noise"]["kind"] == "gaussian"
+    assert set(report["timings_s"]) == {"load", "preprocess", "model", "postprocess", "write", "total"}
+    assert report["parameters"]["timesteps"] == [300] and report["parameters"]["seed"] == 3
+    assert report["parameters"]["postprocess"] is True and report["parameters"]["threshold"] == 0.3
+    first, last = report["slice_range"]
+    assert (first, last) == (1, 6)
+    assert [s["slice"] for s in report["slice_scores"]] == list(range(first, last + 1))
+    assert report["mask_voxels"] == int(mask.sum())
+    assert report["lesion_volume_ml"] == pytest.approx(mask.sum() * 2.0 / 1000)  # 1 x 1 x 2 mm voxels
+    assert mask[:, :, [0, 7]].sum() == 0 and error[:, :, [0, 7]].sum() == 0  # slices outside the range stay 0
+    assert report["versions"]["sss_viewer"]
+
+
+def test_consensus_options_and_determinism(tmp_path, checkpoint, capsys):
+    src = save(brain_volume(), tmp_path / "scan.nii")
+    outs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        status, _ = run([src, "--out", out, "--checkpoint", checkpoint, "--device", "cpu", "--consensus",
+                         "250,300,400", "--votes", "2", "--no-postprocess", "--batch-size", "6"], capsys)
+        assert status == 0
+        outs.append(out)
+    params = json.loads((outs[0] / "scan.json").read_text())["parameters"]
+    assert params["timesteps"] == [250, 300, 400] and params["votes"] == 2 and params["postprocess"] is False
+    for name in ("scan_mask.nii.gz", "scan_error.nii.gz"):
+        a, b = (np.asarray(nib.load(str(o / name)).dataobj) for o in outs)
+        np.testing.assert_array_equal(a, b)
+
+
+class Oracle(torch.nn.Module):
+    """eps that makes x0_hat = -1 (the healthy tissue in model space): eps = (x_t + sqrt(abar_t)) / sqrt(1 - abar_t)."""
+
+    def __init__(self, abar: torch.Tensor):
+        super().__init__()
+        self.abar = abar
+
+    def forward(self, x, t):
+        a = self.abar[t.cpu()].to(x).reshape(-1, 1, 1, 1)
+        return (x + a.sqrt()) / (1 - a).sqrt()
+
+
+def test_oracle_finds_the_cube_exactly(tmp_path, monkeypatch, capsys):
+    # 32 x 32 in-plane brain of 1 mm pixels, no margin: model space is the canonical slice, flipped, exactly.
+    preset = Preset(model=PRESETS["tiny"].model, noise=NoiseConfig(kind="gaussian"),
+                    preprocess=PreprocessConfig(image_size=32, margin=0.0))
+    native = np.zeros((32, 32, 8), np.float32)
+    native[:, :, 1:7] = 100.0
+    cube = np.zeros(native.shape, bool)
+    cube[5:11, 20:26, 2:6] = True                       # 144 voxels = 2.3% of the brain: the 99th percentile → +1
+    native[cube] = 200.0
+    src = save(native, tmp_path / "cube.nii.gz", affine=np.diag([-1.0, -1.0, 1.5, 1.0]))  # LPS
+    abar = Diffusion(preset.diffusion, preset.noise).alphas_cumprod.float()
+    fake = LoadedCheckpoint(model=Oracle(abar), preset=preset, step=0, provenance="", path=tmp_path / "oracle.pt",
+                            sha256="0" * 64)
+    monkeypatch.setattr(detect, "load_checkpoint", lambda path: fake)
+    status, _ = run([src, "--out", tmp_path / "out", "--checkpoint", "unused.pt", "--device", "cpu",
+                     "--no-postprocess"], capsys)
+    assert status == 0
+    mask = np.asarray(nib.load(str(tmp_path / "out" / "cube_mask.nii.gz")).dataobj)
+    np.testing.assert_array_equal(mask.astype(bool), cube)
+    error = np.asarray(nib.load(str(tmp_path / "out" / "cube_error.nii.gz")).dataobj)
+    np.testing.assert_allclose(error[cube], 4.0, atol=1e-3)   # (x0 - x0_hat)^2 = (1 - (-1))^2
+    assert error[~cube].max() < 1e-3
+    report = json.loads((tmp_path / "out" / "cube.json").read_text())
+    assert report["lesion_volume_ml"] == pytest.approx(144 * 1.5 / 1000)
+    scores = {s["slice"]: s["score"] for s in report["slice_scores"]}
+    assert min(scores[k] for k in range(2, 6)) > 3.9 and max(scores[k] for k in (1, 6)) < 1e-3
+
+    status, _ = run([src, "--out", tmp_path / "pp", "--checkpoint", "unused.pt", "--device", "cpu"], capsys)
+    mask = np.asarray(nib.load(str(tmp_path / "pp" / "cube_mask.nii.gz")).dataobj).astype(bool)
+    dilated = np.stack([ndimage.binary_dilation(cube[:, :, k], np.ones((3, 3))) for k in range(8)], axis=2)
+    np.testing.assert_array_equal(mask, dilated)       # 3x3 dilation in each axial slice, one region kept
+
+
+def test_bad_inputs_are_reported_and_leave_nothing(tmp_path, checkpoint, capsys):
+    good = save(brain_volume(), tmp_path / "good.nii.gz")
+    full = gzip.compress(nib.Nifti1Image(brain_volume(), LAS_1MM2).to_bytes())
+    (tmp_path / "truncated.nii.gz").write_bytes(full[: len(full) // 2])
+    (tmp_path / "random.nii.gz").write_bytes(np.random.default_rng(0).bytes(4000))
+    save(np.ones((20, 20), np.float32), tmp_path / "flat2d.nii.gz")
+    save(np.full((20, 20, 6), np.nan, np.float32), tmp_path / "nan.nii.gz")
+    bad = ["truncated.nii.gz", "random.nii.gz", "flat2d.nii.gz", "nan.nii.gz", "missing.nii.gz"]
+    out = tmp_path / "out"
+    status, errors = run([tmp_path / bad[0], tmp_path / bad[1], good, *(tmp_path / b for b in bad[2:]),
+                          "--out", out, "--checkpoint", checkpoint, "--device", "cpu"], capsys)
+    assert status == 2
+    assert len(errors) == len(bad)
+    for name in bad:
+        assert sum(name in line for line in errors) == 1, (name, errors)
+    assert sorted(p.name for p in out.iterdir()) == ["good.json", "good_error.nii.gz", "good_mask.nii.gz"]
+
+
+def test_never_overwrites_an_input(tmp_path, checkpoint, capsys):
+    # In their own folder, scan.nii.gz's mask output would be the other input scan_mask.nii.gz.
+    a = save(brain_volume(), tmp_path / "scan.nii.gz")
+    b = save(brain_volume()[::-1].copy(), tmp_path / "scan_mask.nii.gz")
+    (tmp_path / "other").mkdir()
+    c = save(brain_volume(), tmp_path / "other" / "scan_mask.nii")            # same output names as b
+    before = a.read_bytes(), b.read_bytes()
+    status, errors = run([a, b, c, "--out", tmp_path, "--checkpoint", checkpoint, "--device", "cpu"], capsys)
+    assert status == 2 and len(errors) == 2
+    assert str(a) in errors[0] and "overwrite" in errors[0]
+    assert str(c) in errors[1] and "same output names" in errors[1]
+    assert (a.read_bytes(), b.read_bytes()) == before
+    assert not (tmp_path / "scan.json").exists() and (tmp_path / "scan_mask_mask.nii.gz").is_file()
+
+
+@pytest.mark.parametrize("content", [None, b"not a checkpoint at all"])
+def test_bad_checkpoint_exits_2(tmp_path, capsys, content):
+    src = save(brain_volume(), tmp_path / "scan.nii.gz")
+    ckpt = tmp_path / "bad.pt"
+    if content is not None:
+        ckpt.write_bytes(content)
+    status, errors = run([src, "--out", tmp_path / "out", "--checkpoint", ckpt, "--device", "cpu"], capsys)
+    assert status == 2 and len(errors) == 1 and "bad.pt" in errors[0]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

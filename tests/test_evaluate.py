@@ -1,0 +1,240 @@
+"""sss-eval: slice selection, metrics hand-computed with an oracle detector, tables, figure PNG, bad inputs."""
+
+import csv
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from sss_viewer.core.anomaly import Reconstruction
+from sss_viewer.core.checkpoint import save_checkpoint
+from sss_viewer.core.config import PRESETS, NoiseConfig, Preset, PreprocessConfig
+from sss_viewer.core.unet import UNet
+from trainer import evaluate as ev
+from trainer import figures
+
+NO_MARGIN = PreprocessConfig(image_size=32, margin=0.0)  # 32 mm brain box: 1 mm model pixels, canonical flipped
+
+
+def synthetic_case(tmp_path: Path, name: str = "case", lesion: bool = True) -> tuple[Path, Path]:
+    """32 x 32 x 8 RAS volume, brain on slices 1..6 filling the plane, an 8 x 8 lesion on slices 2..5."""
+    g = np.indices((32, 32, 8), dtype=np.float32)
+    image = np.where((g[2] >= 1) & (g[2] <= 6), 100 + g[0] + 2 * g[1], 0).astype(np.float32)
+    mask = np.zeros(image.shape, np.uint8)
+    if lesion:
+        mask[10:18, 12:20, 2:6] = 2          # any label > 0 is anomalous
+    nib.Nifti1Image(image, np.eye(4)).to_filename(str(tmp_path / f"{name}.nii.gz"))
+    nib.Nifti1Image(mask, np.eye(4)).to_filename(str(tmp_path / f"{name}_seg.nii.gz"))
+    return tmp_path / f"{name}.nii.gz", tmp_path / f"{name}_seg.nii.gz"
+
+
+# In model space (row = 31 - y, column = 31 - x) the lesion is rows 12..19, columns 14..21. The oracle flags
+# the same 8 x 8 square shifted right by SHIFT[z] columns on lesion slice z, nothing elsewhere.
+TRUTH_ROWS, TRUTH_COLS = slice(12, 20), slice(14, 22)
+SHIFT = {2: 0, 3: 2, 4: 4, 5: 6}
+
+
+class OracleDetector:
+    """Detector stand-in: its heat map is exactly 1 on the shifted square and 0 elsewhere; records its calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def reconstruct(self, slices, timestep, seed=0, indices=None, brain=None, iterative=False, progress=None):
+        self.calls.append((timestep, iterative, tuple(indices)))
+        error = np.zeros(slices.shape, np.float32)                           # (B, S, S)
+        for i, z in enumerate(indices):
+            if z in SHIFT:
+                error[i, TRUTH_ROWS, 14 + SHIFT[z]:22 + SHIFT[z]] = 1.0
+        if brain is not None:
+            error *= brain
+        return Reconstruction(slices=np.asarray(indices), timestep=timestep, recon=slices - np.sqrt(error),
+                              error=error)
+
+
+def expected(tp_cols: dict[int, int], pred_px: dict[int, int]) -> dict[str, list[float]]:
+    """Per-slice metrics from counts: truth 64 px in a 1024-px slice, TP = 8 rows x tp_cols, pred_px flagged."""
+    out = {k: [] for k in ev.METRICS}
+    for z in sorted(tp_cols):
+        tp = 8 * tp_cols[z]
+        fp, fn = pred_px[z] - tp, 64 - tp
+        out["dice"].append(2 * tp / (2 * tp + fp + fn))
+        out["iou"].append(tp / (tp + fp + fn))
+        out["precision"].append(tp / (tp + fp))
+        out["recall"].append(tp / (tp + fn))
+        out["auc"].append((1 + tp / 64 - fp / 960) / 2)   # binary score: AUC = (1 + TPR - FPR) / 2
+    return out
+
+
+def test_select_slices_equidistant_within_lesion_range():
+    truth = np.zeros((40, 4, 4), bool)
+    truth[10:30, 1, 1] = True                                                # L = 20 slices
+    assert ev.select_slices(truth, (0, 39)) == (12, 17, 22, 27)              # middles of 4 parts, spacing 5
+    truth[:] = False
+    truth[10:14, 1, 1] = True
+    assert ev.select_slices(truth, (0, 39)) == (10, 11, 12, 13)
+    truth[:] = False
+    truth[[10, 11, 12, 27, 28, 29], 1, 1] = True                             # two lesions with a gap
+    assert ev.select_slices(truth, (0, 39)) == (12, 27)
+    truth[:] = False
+    truth[2:6, 1, 1] = True
+    assert ev.select_slices(truth, (4, 30)) == (4, 5)                        # brain slices only
+    with pytest.raises(ev.EvalError):
+        ev.select_slices(truth, (8, 30))
+
+
+def test_oracle_metrics_are_exactly_as_hand_computed(tmp_path):
+    image, mask = synthetic_case(tmp_path)
+    case = ev.prepare_case("c1", image, mask, NO_MARGIN)
+    assert case.slices == (2, 3, 4, 5) and case.volume.slice_range == (1, 6)
+    expect_truth = np.zeros((32, 32), bool)
+    expect_truth[TRUTH_ROWS, TRUTH_COLS] = True
+    for z in range(8):
+        np.testing.assert_array_equal(case.truth[z], expect_truth if z in SHIFT else False)
+
+    healthy = ev.prepare_case("h", *synthetic_case(tmp_path, "h"), NO_MARGIN).volume
+    methods = [ev.METHODS[n] for n in ("sss300", "sss250_pp", "consensus", "anoddpm300")]
+    oracle = OracleDetector()
+    result = ev.evaluate(oracle, [case], methods, threshold=0.3, seed=0, healthy=[("h", healthy)])
+
+    raw = expected({z: 8 - s for z, s in SHIFT.items()}, {z: 64 for z in SHIFT})
+    # Post-processed: the square dilated to 10 x 10 (rows 11..20, columns 13+s..22+s) overlaps 8 rows of truth.
+    pp = expected({z: min(21, 22 + s) - max(14, 13 + s) + 1 for z, s in SHIFT.items()}, {z: 100 for z in SHIFT})
+    pp["auc"] = raw["auc"]                                                  # AUC scores the heat map, not the mask
+    rows = {r["method"]: r for r in result.table}
+    assert list(rows) == ["sss300", "sss250_pp", "consensus", "anoddpm300"]
+    for name, want in (("sss300", raw), ("anoddpm300", raw), ("sss250_pp", pp), ("consensus", pp)):
+        assert rows[name]["n_slices"] == 4
+        for metric, values in want.items():
+            assert rows[name][f"{metric}_mean"] == pytest.approx(np.mean(values), abs=1e-12), (name, metric)
+            assert rows[name][f"{metric}_std"] == pytest.approx(np.std(values), abs=1e-12), (name, metric)
+        assert 0 < rows[name]["time_per_slice_s"] < 1
+    assert rows["sss300"]["dice_mean"] == pytest.approx(0.625)             # (1 + 0.75 + 0.5 + 0.25) / 4
+
+    # The iterative chain is used for anoddpm*, single steps for the rest, at the methods' timesteps.
+    protocol = (2, 3, 4, 5)
+    assert {(t, it) for t, it, idx in oracle.calls if idx == protocol} == {
+        (300, False), (250, False), (350, False), (400, False), (300, True)}
+    assert not any(it for t, it, idx in oracle.calls if idx != protocol)
+
+    vol = ev.volume_dice_summary(result)
+    assert vol["sss300"]["mean"] == pytest.approx(2 * 8 * (8 + 6 + 4 + 2) / (256 + 256))  # all brain slices
+    assert "anoddpm300" not in vol
+    sweep = result.sweep["sss300"]
+    assert sweep["best_threshold"] == 0.05 and sweep["best_dice"] == pytest.approx(0.625)
+    assert sweep["dice_mean"][-1] == 0.0                   # E > 1.0 flags nothing
+    # The healthy volume gets the same flagged squares: 4 x 64 of its 6 x 1024 brain pixels.
+    assert result.healthy_fpr["sss300"]["mean"] == pytest.approx(256 / 6144)
+    assert result.healthy_fpr["consensus"]["mean"] == pytest.approx(400 / 6144)
+    assert "anoddpm300" not in result.healthy_fpr
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    preset = Preset(model=PRESETS["tiny"].model, noise=NoiseConfig(kind="gaussian"), preprocess=NO_MARGIN)
+    torch.manual_seed(0)
+    model = UNet(preset.model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(path, preset, model.state_dict(), step=11)
+    return path
+
+
+def read_png(path: Path) -> np.ndarray:
+    """Decode our own PNG layout (8-bit RGB, filter 0 rows) and check every chunk's CRC."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, chunks = 8, {}
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
+        assert crc == zlib.crc32(kind + body) & 0xFFFFFFFF
+        chunks[kind] = chunks.get(kind, b"") + body
+        pos += 12 + length
+    w, h, depth, colour = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
+    assert (depth, colour) == (8, 2) and b"IEND" in chunks
+    raw = np.frombuffer(zlib.decompress(chunks[b"IDAT"]), np.uint8).reshape(h, 1 + 3 * w)
+    assert (raw[:, 0] == 0).all()
+    return raw[:, 1:].reshape(h, w, 3)
+
+
+def test_png_round_trip_and_inferno_ends(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, (7, 5, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(read_png(figures.write_png(tmp_path / "x.png", rgb)), rgb)
+    ramp = figures.inferno(np.array([[-1.0, 0.0, 0.5, 1.0, 9.0]]))
+    assert ramp[0, 0].tolist() == [0, 0, 4] == ramp[0, 1].tolist() and ramp[0, 2].tolist() == [188, 55, 84]
+    assert ramp[0, 3].tolist() == [252, 255, 164] == ramp[0, 4].tolist()
+
+
+def write_manifest(tmp_path: Path, rows: list[list[str]]) -> Path:
+    path = tmp_path / "manifest.csv"
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([["case", "modality", "image", "mask", "mask_source"], *rows])
+    return path
+
+
+def test_cli_writes_tables_and_figure_deterministically(tmp_path, checkpoint, capsys):
+    synthetic_case(tmp_path, "c1")
+    healthy, _ = synthetic_case(tmp_path, "h", lesion=False)
+    manifest = write_manifest(tmp_path, [["c1", "t1", "c1.nii.gz", "c1_seg.nii.gz", "expert"],
+                                         ["c1", "flair", "nope.nii.gz", "nope.nii.gz", "expert"]])
+    outs = [tmp_path / "a", tmp_path / "b"]
+    for out in outs:
+        status = ev.main(["--manifest", str(manifest), "--out", str(out), "--checkpoint", str(checkpoint),
+                          "--device", "cpu", "--methods", "sss300_pp,sss250", "--healthy", str(healthy),
+                          "--seed", "5"])
+        assert status == 0
+    assert capsys.readouterr().err.strip() == ""
+    with open(outs[0] / "table.csv") as f:
+        table = list(csv.DictReader(f))
+    assert list(table[0]) == list(ev.TABLE_COLUMNS)
+    assert [r["method"] for r in table] == ["sss300_pp", "sss250"] and all(r["n_slices"] == "4" for r in table)
+    md = (outs[0] / "table.md").read_text()
+    assert "| Method | Dice | IoU | Precision | Recall | AUC | Time (s) |" in md
+    assert "SSS t = 300 (with postprocessing)" in md and "optimistic" in md and "Healthy FPR" in md
+    extra = [json.loads((o / "extra.json").read_text()) for o in outs]
+    assert extra[0]["per_slice"] == extra[1]["per_slice"]                 # same seed, same numbers
+    assert extra[0]["cases"][0]["slices"] == [2, 3, 4, 5]
+    assert extra[0]["checkpoint"]["step"] == 11 and set(extra[0]["volume_dice"]) == {"sss300_pp", "sss250"}
+    assert set(extra[0]["healthy_false_positive_rate"]) == {"sss300_pp", "sss250"}
+    image = read_png(outs[0] / "figure.png")
+    assert image.shape[1] > 5 * 192 and image.shape[0] > 4 * 192           # 5 columns, 4 rows of slices
+
+
+def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, checkpoint, capsys):
+    image, _ = synthetic_case(tmp_path, "c1")
+    synthetic_case(tmp_path, "empty", lesion=False)
+    out = tmp_path / "out"
+
+    def run(manifest, *extra) -> list[str]:
+        status = ev.main(["--manifest", str(manifest), "--out", str(out), "--checkpoint", str(checkpoint),
+                          "--device", "cpu", *extra])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert status == 2 and not out.exists()
+        return lines
+
+    assert "does-not-exist.csv" in run(tmp_path / "does-not-exist.csv")[0]
+    (tmp_path / "nomask.csv").write_text("case,modality,image\nc1,t1,c1.nii.gz\n")
+    assert "mask" in run(tmp_path / "nomask.csv")[0]
+    good = write_manifest(tmp_path, [["c1", "t1", "c1.nii.gz", "c1_seg.nii.gz", "expert"]])
+    assert "flair" in run(good, "--modality", "flair")[0]
+    lines = run(write_manifest(tmp_path, [["c1", "t1", "c1.nii.gz", "c1_seg.nii.gz", ""],
+                                          ["e", "t1", "empty.nii.gz", "empty_seg.nii.gz", ""],
+                                          ["m", "t1", "missing.nii.gz", "c1_seg.nii.gz", ""]]))
+    assert len(lines) == 2 and "empty_seg.nii.gz" in lines[0] and "missing.nii.gz" in lines[1]
+    (tmp_path / "bad.pt").write_bytes(b"junk")
+    lines = run(good, "--checkpoint", str(tmp_path / "bad.pt"))
+    assert len(lines) == 1 and "bad.pt" in lines[0]
+    with pytest.raises(SystemExit) as exc:
+        ev.main(["--manifest", str(good), "--out", str(out), "--methods", "sss300,nope"])
+    assert exc.value.code == 2 and "nope" in capsys.readouterr().err
+    assert [m.name for m in ev.build_parser().parse_args(["--manifest", "m", "--out", "o"]).methods] == list(
+        ev.DEFAULT_METHODS)
