@@ -1,1 +1,5 @@
 """Desktop viewer: Qt and pyqtgraph widgets over the core engine."""
+
+from . import qtcompat
+
+qtcompat.install()

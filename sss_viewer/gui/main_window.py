@@ -1,0 +1,799 @@
+"""The main window: wires state, panels, controls and the inference worker; menus, status line, export, screenshot."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import numpy as np
+from PySide6.QtCore import QByteArray, QRect, Qt, QTimer, Signal, Slot
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QMainWindow, QMessageBox, QSpinBox, QStackedWidget,
+                               QVBoxLayout, QWidget)
+
+from .. import __version__
+from ..core.anomaly import CONSENSUS_TIMESTEPS
+from ..core.volume import NIFTI_SUFFIXES, VolumeError, write_nifti
+from . import texts
+from .controls import ControlPanel
+from .coords import voxel_at
+from .panels import ImagePanels, MarkedSlider, ScorePlot
+from .results import SliceView
+from .settings import Settings
+from .state import ViewState
+from .worker import Session, SliceRequest, VolumeRun, WorkerThread, cuda_available
+
+AUTO_WINDOW_PERCENTILES = (0.5, 99.5)   # of the brain's model-space intensities, for the grey window
+SCREENSHOT_SIZE = (1500, 980)
+PAGE_STEP = 10                          # slices per PageUp / PageDown
+RESTORED = ("timestep", "threshold", "postprocess", "consensus", "votes", "seed", "device", "mask_style",
+            "mask_opacity")
+
+
+def _ranges(indices: list[int]) -> str:
+    """[3, 4, 5, 9] → '3–5, 9'."""
+    parts, start = [], None
+    for i, z in enumerate(indices):
+        if start is None:
+            start = z
+        if i + 1 == len(indices) or indices[i + 1] != z + 1:
+            parts.append(str(start) if start == z else f"{start}–{z}")
+            start = None
+    return ", ".join(parts)
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    return next((name[:-len(s)] for s in NIFTI_SUFFIXES[::-1] if name.lower().endswith(s)), path.stem)
+
+
+class MainWindow(QMainWindow):
+    """Four linked panels, slice browser and score plot, controls; all model work goes through the worker."""
+
+    result_shown = Signal(int)           # the panels now show this slice's result
+    error_shown = Signal(str)            # an error reached the user
+    run_done = Signal(bool)              # a whole-volume run ended: completed (False: cancelled or failed)
+    exported = Signal(list)              # NIfTI paths written
+    screenshot_done = Signal(bool, str)  # --screenshot finished: ok, one-line error
+
+    def __init__(self, settings: Settings, screenshot: Path | None = None):
+        super().__init__()
+        self.settings = settings
+        self._screenshot = screenshot         # pending --screenshot path; None once written or failed
+        self._read_only = screenshot is not None  # --screenshot runs neither read nor write the user's settings
+        self.devices = ["auto", "cpu"] + (["cuda"] if cuda_available() else [])
+        restored = {} if self._read_only else {k: settings[k] for k in RESTORED}
+        if restored.get("device") not in self.devices:
+            restored.pop("device", None)
+        self.state = ViewState(**restored)
+        self.session: Session | None = None
+        self._request_id = 0
+        self._shown: SliceView | None = None
+        self._failed = False                 # the newest request failed (its error was shown)
+        self._scores: dict[tuple, np.ndarray] = {}
+        self._run: VolumeRun | None = None
+        self._run_id = 0
+        self._export_after_run: Path | None = None
+        self._initial_slice: int | None = None
+        self._user_checkpoint: Path | None = None   # a checkpoint the user chose: the default once it loads
+        self._checkpoint_note: str | None = None    # why no checkpoint was loaded at start
+        self._error_box: QMessageBox | None = None
+
+        self.threads = WorkerThread()
+        self.worker = self.threads.worker  # its signals reach the slots below queued, on this (GUI) thread
+        self.worker.session_changed.connect(self._on_session)
+        self.worker.slice_ready.connect(self._on_slice_ready)
+        self.worker.run_progress.connect(self._on_run_progress)
+        self.worker.run_finished.connect(self._on_run_finished)
+        self.worker.failed.connect(self._on_failed)
+
+        self._build()
+        self.state.changed.connect(self._on_state)
+        self.setAcceptDrops(True)
+        self.setWindowTitle(texts.WINDOW_TITLE)
+        if screenshot:
+            self.setAttribute(Qt.WidgetAttribute.WA_DontShowOnScreen)
+            self.resize(*SCREENSHOT_SIZE)
+        elif not (settings["geometry"] and self.restoreGeometry(QByteArray(base64.b64decode(settings["geometry"])))):
+            self.resize(1400, 920)
+        self.threads.start()
+
+    # Building
+    def _build(self) -> None:
+        self.panels = ImagePanels()
+        self.panels.wheel_steps.connect(lambda n: self.step_slice(n))
+        self.panels.level_drag.connect(self._on_level_drag)
+        self.panels.hovered.connect(self._on_hover)
+        self.panels.left.connect(lambda: self._update_cursor_label(None))
+        self.score_plot = ScorePlot()
+        self.score_plot.slice_clicked.connect(lambda z: self.state.set(slice=z))
+        self.slice_slider = MarkedSlider()
+        self.slice_slider.setToolTip(texts.SLICE_TOOLTIP)
+        self.slice_slider.setPageStep(PAGE_STEP)
+        self.slice_slider.valueChanged.connect(lambda z: self.state.set(slice=int(z)))
+        self.slice_spin = QSpinBox()
+        self.slice_spin.setToolTip(texts.SLICE_TOOLTIP)
+        self.slice_spin.valueChanged.connect(lambda z: self.state.set(slice=int(z)))
+        self.slice_of = QLabel("")
+        self.range_label = QLabel("")
+        for view in [p.canvas for p in self.panels.panels] + [self.score_plot]:
+            view.setAcceptDrops(False)   # drops go to the window, which opens them
+
+        slice_row = QHBoxLayout()
+        slice_row.addWidget(QLabel(texts.SLICE_LABEL))
+        slice_row.addWidget(self.slice_slider, 1)
+        slice_row.addWidget(self.slice_spin)
+        slice_row.addWidget(self.slice_of)
+        slice_row.addWidget(self.range_label)
+        viewer = QWidget()
+        column = QVBoxLayout(viewer)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.addWidget(self.panels, 1)
+        column.addWidget(self.score_plot)
+        column.addLayout(slice_row)
+
+        self.message = QLabel(texts.EMPTY_NO_VOLUME)
+        self.message.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.message.setWordWrap(True)
+        self.message.setMargin(40)
+        self.message.setStyleSheet("font-size: 15px")
+        self.pages = QStackedWidget()
+        self.pages.addWidget(self.message)
+        self.pages.addWidget(viewer)
+
+        self.controls = ControlPanel(self.state, self.devices)
+        self.controls.open_checkpoint.connect(self._open_checkpoint_dialog)
+        self.controls.run_volume.connect(self.run_whole_volume)
+        self.controls.cancel_run.connect(self.cancel_run)
+        self.controls.auto_window.connect(self.auto_window)
+        self.controls.export_nifti.connect(self._export_nifti_dialog)
+        self.controls.export_png.connect(self._export_png_dialog)
+
+        central = QWidget()
+        row = QHBoxLayout(central)
+        row.addWidget(self.pages, 1)
+        row.addWidget(self.controls)
+        self.setCentralWidget(central)
+        self.cursor_label = QLabel("")
+        self.statusBar().addPermanentWidget(self.cursor_label)
+        self._build_menus()
+        self._sync_mask_style()
+        self._update_titles()
+        self.controls.show_available(False, False)
+
+    def _build_menus(self) -> None:
+        file_menu = self.menuBar().addMenu(texts.MENU_FILE)
+        self._add_action(file_menu, texts.ACTION_OPEN, self._open_volume_dialog, QKeySequence.StandardKey.Open)
+        self.recent_menu = file_menu.addMenu(texts.MENU_RECENT)
+        self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
+        self._fill_recent_menu()
+        self._add_action(file_menu, texts.ACTION_OPEN_CHECKPOINT, self._open_checkpoint_dialog)
+        file_menu.addSeparator()
+        self._add_action(file_menu, texts.ACTION_EXPORT_NIFTI, self._export_nifti_dialog, "Ctrl+E")
+        self._add_action(file_menu, texts.ACTION_EXPORT_PNG, self._export_png_dialog, "Ctrl+Shift+S")
+        file_menu.addSeparator()
+        self._add_action(file_menu, texts.ACTION_QUIT, self.close, QKeySequence.StandardKey.Quit)
+        view_menu = self.menuBar().addMenu(texts.MENU_VIEW)
+        self._add_action(view_menu, texts.ACTION_RESET_VIEW, self.panels.reset_view, "Ctrl+0")
+        help_menu = self.menuBar().addMenu(texts.MENU_HELP)
+        self._add_action(help_menu, texts.ACTION_MOUSE_HELP,
+                         lambda: QMessageBox.information(self, texts.ACTION_MOUSE_HELP.replace("&", ""),
+                                                         texts.HELP_MOUSE))
+        self._add_action(help_menu, texts.ACTION_ABOUT,
+                         lambda: QMessageBox.about(self, texts.APP_NAME, texts.HELP_ABOUT.format(version=__version__)))
+
+    def _add_action(self, menu, text, slot, shortcut=None) -> QAction:
+        action = QAction(text, self)
+        if shortcut is not None:
+            action.setShortcut(QKeySequence(shortcut))
+        action.triggered.connect(slot)
+        menu.addAction(action)
+        return action
+
+    def _fill_recent_menu(self) -> None:
+        self.recent_menu.clear()
+        recent = self.settings["recent_files"]
+        if not recent:
+            self.recent_menu.addAction(texts.RECENT_EMPTY).setEnabled(False)
+            return
+        for i, path in enumerate(recent):
+            action = self.recent_menu.addAction(texts.RECENT_ITEM.format(n=i + 1, name=Path(path).name))
+            action.setToolTip(path)
+            action.setData(path)
+            action.triggered.connect(lambda checked=False, p=path: self.open_recent(p))
+        self.recent_menu.addSeparator()
+        self.recent_menu.addAction(texts.RECENT_CLEAR).triggered.connect(self._clear_recent)
+
+    def _clear_recent(self) -> None:
+        self.settings["recent_files"] = []
+        self._save_settings()
+
+    # Opening
+    def start(self, volume: Path | None, checkpoint: Path | None, device: str | None = None,
+              slice_index: int | None = None, volume_note: str | None = None,
+              checkpoint_note: str | None = None) -> None:
+        """Begin with these files (either may be None, with a note saying why): checkpoint first, then the volume."""
+        if device is not None:
+            self.state.set(device=device)
+        self._initial_slice = slice_index
+        if checkpoint is not None:
+            self.controls.show_model(None, self.state.device, loading=checkpoint.name)
+            self.worker.load_checkpoint(checkpoint, self.state.device)
+        else:
+            self._checkpoint_note = texts.STATUS_NO_CHECKPOINT.format(reason=checkpoint_note)
+            self.statusBar().showMessage(self._checkpoint_note)
+            if self._screenshot:
+                self._finish_screenshot(False, checkpoint_note or texts.ERROR_NO_MODEL)
+        if volume is not None:
+            self.open_volume(volume)
+        else:
+            self.message.setText(volume_note or texts.EMPTY_NO_VOLUME)
+            if volume_note:
+                self.statusBar().showMessage(volume_note.split("\n")[0])
+            if self._screenshot:
+                self._finish_screenshot(False, volume_note or texts.ERROR_NO_VOLUME)
+
+    def open_volume(self, path: str | Path) -> None:
+        self.statusBar().showMessage(texts.STATUS_OPENING.format(name=Path(path).name))
+        self.worker.open_volume(path)
+
+    def open_checkpoint(self, path: str | Path) -> None:
+        self._user_checkpoint = Path(path)
+        self.controls.show_model(self.session.model if self.session else None, self.state.device,
+                                 loading=Path(path).name)
+        self.worker.load_checkpoint(path, self.state.device)
+
+    def open_recent(self, path: str) -> None:
+        if not Path(path).is_file():
+            self.settings.remove_recent(path)
+            self._save_settings()
+            self.show_error(texts.ERROR_RECENT_MISSING.format(path=path))
+            return
+        self.open_volume(path)
+
+    def _open_volume_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, texts.DIALOG_OPEN_VOLUME, self.settings["last_directory"],
+                                              texts.FILTER_NIFTI)
+        if path:
+            self.open_volume(path)
+
+    def _open_checkpoint_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, texts.DIALOG_OPEN_CHECKPOINT, self.settings["last_directory"],
+                                              texts.FILTER_CHECKPOINT)
+        if path:
+            self.open_checkpoint(path)
+
+    @staticmethod
+    def _dropped(event) -> list[Path]:
+        return [Path(u.toLocalFile()) for u in event.mimeData().urls() if u.isLocalFile()]
+
+    def dragEnterEvent(self, event) -> None:
+        if any(p.name.lower().endswith(NIFTI_SUFFIXES + (".pt",)) for p in self._dropped(event)):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event) -> None:
+        for path in self._dropped(event):
+            if path.name.lower().endswith(NIFTI_SUFFIXES):
+                self.open_volume(path)
+            elif path.suffix.lower() == ".pt":
+                self.open_checkpoint(path)
+            else:
+                self.show_error(texts.ERROR_DROP)
+                continue
+            event.acceptProposedAction()
+            return
+
+    # Worker → window
+    @Slot(object)
+    def _on_session(self, session: Session) -> None:
+        old, self.session = self.session, session
+        new_volume = session.volume is not None and (old is None or session.volume is not old.volume)
+        new_geometry = session.model_volume is not None and (old is None
+                                                             or session.model_volume is not old.model_volume)
+        if old is None or session.key != old.key:
+            self._scores.clear()
+            self._shown = None
+            if self._run is not None:
+                self._on_run_finished(self._run.id, False, 0, 0.0)
+        self.controls.show_model(session.model, session.device)
+        self.controls.show_available(session.model_volume is not None, session.model is not None)
+        if session.device != self.state.device:
+            self.state.set(device=session.device)
+        if session.model is not None and (old is None or session.model is not old.model):
+            self._model_loaded(session)
+        if new_geometry:
+            mv = session.model_volume
+            first, last = mv.slice_range
+            self.panels.set_size(mv.image_size)
+            for widget in (self.slice_slider, self.slice_spin):
+                widget.blockSignals(True)
+                widget.setRange(0, mv.n_slices - 1)
+                widget.blockSignals(False)
+            self.slice_slider.set_band(first, last)
+            self.slice_of.setText(texts.SLICE_OF.format(last=mv.n_slices - 1))
+            self.range_label.setText(texts.SLICE_RANGE.format(first=first, last=last))
+            self.score_plot.set_volume(mv.n_slices, first, last)
+            self.panels.set_levels(*self._model_levels())
+            self.pages.setCurrentIndex(1)
+        if new_volume:
+            self._volume_opened(session)
+        elif new_geometry or session.key != (old.key if old else None):
+            self._refresh_view()
+            self._refresh_scores()
+
+    def _model_loaded(self, session: Session) -> None:
+        model = session.model
+        text = texts.STATUS_CHECKPOINT
+        if self._user_checkpoint is not None and model.path == self._user_checkpoint:
+            self.settings["default_checkpoint"] = str(model.path.resolve())
+            self.settings["last_directory"] = str(model.path.resolve().parent)
+            self._save_settings()
+            self._user_checkpoint = None
+            text = texts.STATUS_CHECKPOINT_DEFAULT
+        self.statusBar().showMessage(text.format(name=model.name, preset=model.preset, device=model.device))
+
+    def _volume_opened(self, session: Session) -> None:
+        volume, mv = session.volume, session.model_volume
+        first, last = mv.slice_range
+        if volume.path is not None:
+            self.setWindowTitle(texts.WINDOW_TITLE_FILE.format(name=volume.path.name))
+            if not self._read_only:
+                self.settings.add_recent(volume.path)
+                self._save_settings()
+        shape = "×".join(map(str, volume.native_shape))
+        spacing = "×".join(f"{s:.3g}" for s in volume.spacing)
+        name = volume.path.name if volume.path else texts.UNNAMED_VOLUME
+        notes = session.notes + ((self._checkpoint_note,) if session.model is None and self._checkpoint_note else ())
+        self.statusBar().showMessage(texts.STATUS_JOIN.join((texts.STATUS_OPENED.format(
+            name=name, shape=shape, spacing=spacing, first=first, last=last),) + notes))
+        self.auto_window()
+        z, self._initial_slice = self._initial_slice, None
+        if z is not None and not 0 <= z < mv.n_slices:
+            self.show_error(texts.ERROR_SLICE_RANGE.format(slice=z, last=mv.n_slices - 1))
+            z = None
+        self.go_to_slice((first + last) // 2 if z is None else z)
+        self._refresh_scores()
+
+    @Slot(int, int, object)
+    def _on_slice_ready(self, request_id: int, session_key: int, view: SliceView) -> None:
+        if self.session is None or session_key != self.session.key or request_id != self._request_id:
+            return  # an answer to an old request: never shown
+        self._show(view)
+
+    @Slot(str, object, str)
+    def _on_failed(self, kind: str, job, message: str) -> None:
+        if kind == "volume":
+            text = texts.ERROR_VOLUME.format(message=message)
+        elif kind == "checkpoint":
+            text = texts.ERROR_CHECKPOINT.format(message=message)
+            self._user_checkpoint = None
+            self.controls.show_model(self.session.model if self.session else None, self.state.device)
+        elif kind == "device":
+            text = texts.ERROR_DEVICE.format(message=message)
+            if self.session is not None:
+                self.state.set(device=self.session.device)
+        elif kind == "slice":
+            text = texts.ERROR_SLICE.format(slice=job.slice, message=message)
+            if job.id == self._request_id:
+                self._failed = True   # the panels say so instead of "computing…"
+                self._update_titles()
+        else:
+            text = texts.ERROR_RUN.format(message=message)
+        self.show_error(text, message)
+
+    def show_warning(self, text: str) -> None:
+        """A problem the user should see that needs no action (e.g. settings reset); never in --screenshot runs."""
+        self.statusBar().showMessage(" ".join(text.split()))
+        if not self._read_only:
+            box = QMessageBox(QMessageBox.Icon.Warning, texts.ERROR_TITLE, text, parent=self)
+            box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+            box.open()
+
+    def show_error(self, text: str, line: str | None = None) -> None:
+        """Tell the user without blocking: a dialog (a --screenshot run fails with one line instead)."""
+        self.statusBar().showMessage(" ".join(text.split()))
+        if self._read_only:
+            self._finish_screenshot(False, line or " ".join(text.split()))
+            return
+        if self._error_box is None:
+            self._error_box = QMessageBox(QMessageBox.Icon.Critical, texts.ERROR_TITLE, "", parent=self)
+        self._error_box.setText(text)
+        self._error_box.open()
+        self.error_shown.emit(text)
+
+    # State → view
+    def _on_state(self, name: str) -> None:
+        if name == "slice":
+            z = self.state.slice
+            for widget in (self.slice_slider, self.slice_spin):
+                widget.blockSignals(True)
+                widget.setValue(z)
+                widget.blockSignals(False)
+            self.score_plot.set_current(z)
+            self._refresh_view()
+        elif name in ("timestep", "consensus", "seed"):
+            self._refresh_view()
+            self._refresh_scores()
+        elif name in ("threshold", "postprocess", "votes"):
+            self._refresh_mask()
+        elif name == "window":
+            self.panels.set_levels(*self._model_levels())
+        elif name in ("mask_style", "mask_opacity"):
+            self._sync_mask_style()
+        elif name == "device":
+            self.worker.set_device(self.state.device)
+        self._update_titles()
+
+    def _sync_mask_style(self) -> None:
+        self.panels.set_mask_style(self.state.mask_style, self.state.mask_opacity)
+
+    def timesteps(self) -> tuple[int, ...]:
+        return tuple(CONSENSUS_TIMESTEPS) if self.state.consensus else (self.state.timestep,)
+
+    def _update_titles(self) -> None:
+        ts = self.timesteps()
+        if len(ts) > 1:
+            recon = texts.PANEL_RECON_CONSENSUS.format(t=ts[0], n=len(ts))
+            heat = texts.PANEL_HEAT_CONSENSUS.format(ts=", ".join(map(str, ts)))
+            consensus = texts.PANEL_MASK_CONSENSUS.format(votes=self.state.votes, n=len(ts))
+        else:
+            recon, heat, consensus = texts.PANEL_RECON.format(t=ts[0]), texts.PANEL_HEAT, ""
+        mask = texts.PANEL_MASK.format(threshold=self.state.threshold, consensus=consensus,
+                                       pp=texts.PANEL_MASK_PP if self.state.postprocess else "")
+        suffix = ""
+        if self.session is not None and self.session.model_volume is not None:
+            if self.session.model is None:
+                suffix = texts.PANEL_STATE.format(state=texts.PANEL_NO_MODEL)
+            elif self._failed:
+                suffix = texts.PANEL_STATE.format(state=texts.PANEL_FAILED.format(slice=self.state.slice))
+            elif self._shown is None:
+                suffix = texts.PANEL_STATE.format(state=texts.PANEL_COMPUTING.format(slice=self.state.slice))
+        self.panels.recon.title.setText(recon + suffix)
+        self.panels.heat.title.setText(heat + suffix)
+        self.panels.mask.title.setText(mask + suffix)
+
+    def go_to_slice(self, z: int) -> None:
+        """Show slice z, computing it if needed (also when z is already the current slice)."""
+        if z == self.state.slice:
+            self._refresh_view()
+            self._update_titles()
+        else:
+            self.state.set(slice=z)
+
+    def step_slice(self, steps: int) -> None:
+        if self.session is not None and self.session.model_volume is not None:
+            self.state.set(slice=int(np.clip(self.state.slice + steps, 0, self.session.model_volume.n_slices - 1)))
+
+    def keyPressEvent(self, event) -> None:
+        mv = self.session.model_volume if self.session else None
+        key = event.key()
+        steps = {Qt.Key.Key_Up: 1, Qt.Key.Key_Right: 1, Qt.Key.Key_Down: -1, Qt.Key.Key_Left: -1,
+                 Qt.Key.Key_PageUp: PAGE_STEP, Qt.Key.Key_PageDown: -PAGE_STEP}
+        if mv is not None and key in steps:
+            self.step_slice(steps[key])
+        elif mv is not None and key in (Qt.Key.Key_Home, Qt.Key.Key_End):
+            self.state.set(slice=mv.slice_range[0 if key == Qt.Key.Key_Home else 1])
+        else:
+            super().keyPressEvent(event)
+
+    def _refresh_view(self) -> None:
+        """Show the current slice: its original at once, its result from the cache or from a new request."""
+        s = self.session
+        if s is None or s.model_volume is None:
+            return
+        z = self.state.slice
+        self.panels.set_original(s.model_volume.data[z])
+        self._update_cursor_label(None)
+        self._request_id += 1
+        self._failed = False
+        view = s.cache.view(z, self.timesteps(), self.state.seed) if s.model is not None else None
+        if view is not None:
+            self.worker.supersede(self._request_id)
+            self._show(view)
+            return
+        self._shown = None
+        self.panels.clear_result()
+        self._update_titles()
+        if s.model is not None:
+            self.worker.request_slice(SliceRequest(id=self._request_id, session=s.key, slice=z,
+                                                   timesteps=self.timesteps(), seed=self.state.seed))
+
+    def _show(self, view: SliceView) -> None:
+        self._shown = view
+        self.panels.set_result(view.recon, view.heat)
+        self._refresh_mask()
+        self._scores_for(view.timesteps, view.seed)[view.slice] = view.score(
+            self.session.model_volume.brain_mask[view.slice])
+        self._refresh_scores()
+        self._update_titles()
+        self.result_shown.emit(view.slice)
+        if self._screenshot:
+            QTimer.singleShot(0, self._take_screenshot)
+
+    def _refresh_mask(self) -> None:
+        """Threshold/post-processing/votes changed: recompute the mask from the shown heat map, no model call."""
+        if self._shown is not None:
+            self.panels.set_mask(self._shown.mask(self.state.threshold, self.state.postprocess, self.state.votes))
+
+    @property
+    def shown(self) -> SliceView | None:
+        """The result the panels show now (None while computing)."""
+        return self._shown
+
+    # Scores
+    def _scores_for(self, timesteps: tuple[int, ...], seed: int) -> np.ndarray:
+        """Per-slice scores for these settings (NaN: not computed), filled from the cache on first use."""
+        key = (timesteps, seed)
+        if key not in self._scores:
+            mv = self.session.model_volume
+            scores = np.full(mv.n_slices, np.nan)
+            for z in range(mv.n_slices):
+                view = self.session.cache.view(z, timesteps, seed)
+                if view is not None:
+                    scores[z] = view.score(mv.brain_mask[z])
+            self._scores[key] = scores
+        return self._scores[key]
+
+    def _refresh_scores(self) -> None:
+        if self.session is None or self.session.model_volume is None:
+            return
+        scores = self._scores_for(self.timesteps(), self.state.seed)
+        self.score_plot.set_scores(scores)
+        if self._run is None:
+            first, last = self.session.model_volume.slice_range
+            self.controls.show_progress(False, int(np.isfinite(scores[first:last + 1]).sum()), last - first + 1)
+
+    # Window / level (state in raw intensity; panels in model units)
+    def _model_levels(self) -> tuple[float, float]:
+        low, high = self.session.model_volume.intensity_range if self.session and self.session.model_volume else (-1, 1)
+        if high <= low:
+            return self.state.window
+        return tuple((v - low) / (high - low) * 2 - 1 for v in self.state.window)
+
+    def auto_window(self) -> None:
+        """Robust percentiles of the brain's intensities over the whole volume."""
+        mv = self.session.model_volume if self.session else None
+        if mv is None:
+            return
+        brain = mv.data[mv.brain_mask]
+        lo, hi = np.percentile(brain, AUTO_WINDOW_PERCENTILES) if brain.size else (-1.0, 1.0)
+        low, high = mv.intensity_range
+        if high <= low:
+            low, high = -1.0, 1.0
+        raw = [low + (v + 1) / 2 * (high - low) for v in (lo, hi)]
+        if raw[1] <= raw[0]:
+            raw[1] = raw[0] + max(abs(raw[0]) * 1e-3, 1e-3)
+        self.state.set(window=(float(raw[0]), float(raw[1])))
+        self.panels.set_levels(*self._model_levels())
+
+    def _on_level_drag(self, dx: float, dy: float, finished: bool) -> None:
+        low, high = self.state.window
+        width, level = high - low, (low + high) / 2
+        width = max(width * float(np.exp(dx / 200)), 1e-6)
+        level = level - dy * width / 300
+        self.state.set(window=(level - width / 2, level + width / 2))
+
+    # Status line
+    def _on_hover(self, u: float, v: float) -> None:
+        self._update_cursor_label((u, v))
+
+    def _update_cursor_label(self, point: tuple[float, float] | None) -> None:
+        s = self.session
+        if s is None or s.model_volume is None:
+            self.cursor_label.setText("")
+            return
+        z = self.state.slice
+        parts = [texts.STATUS_SLICE.format(slice=z, last=s.model_volume.n_slices - 1)]
+        if point is not None:
+            found = voxel_at(s.volume, s.model_volume, z, *point)
+            if found is None:
+                parts.append(texts.STATUS_OUTSIDE)
+            else:
+                (i, j, k), value = found
+                parts.append(texts.STATUS_VOXEL.format(i=i, j=j, k=k, value=value))
+            if self._shown is not None:
+                parts.append(texts.STATUS_HEAT.format(heat=float(self._shown.heat[int(point[1]), int(point[0])])))
+        self.cursor_label.setText(texts.STATUS_SEPARATOR.join(parts))
+
+    # Whole volume
+    def run_whole_volume(self) -> bool:
+        """Start computing every brain slice (cached ones are skipped); False when there is nothing to do."""
+        s = self.session
+        if s is None or s.model is None or s.model_volume is None or self._run is not None:
+            return False
+        first, last = s.model_volume.slice_range
+        total = sum(len(s.cache.missing(z, self.timesteps(), self.state.seed)) for z in range(first, last + 1))
+        if total == 0:
+            self.statusBar().showMessage(texts.STATUS_RUN_ALREADY)
+            return False
+        self._run_id += 1
+        self._run = VolumeRun(id=self._run_id, session=s.key, timesteps=self.timesteps(), seed=self.state.seed,
+                              first=first, last=last)
+        self.controls.show_progress(True, 0, total)
+        self.worker.run_volume(self._run)
+        return True
+
+    def cancel_run(self) -> None:
+        self._export_after_run = None
+        self.worker.cancel_run()
+
+    @property
+    def running(self) -> bool:
+        return self._run is not None
+
+    @Slot(int, int, int, object)
+    def _on_run_progress(self, run_id: int, done: int, total: int, slices: list[int]) -> None:
+        run = self._run
+        if run is None or run_id != run.id or self.session is None or run.session != self.session.key:
+            return
+        self.controls.show_progress(True, done, total)
+        mv = self.session.model_volume
+        scores = self._scores_for(run.timesteps, run.seed)
+        for z in slices:
+            view = self.session.cache.view(z, run.timesteps, run.seed)
+            if view is not None:
+                scores[z] = view.score(mv.brain_mask[z])
+        self._refresh_scores()
+        if self._shown is None and self.state.slice in slices:
+            view = self.session.cache.view(self.state.slice, self.timesteps(), self.state.seed)
+            if view is not None:
+                self._request_id += 1
+                self.worker.supersede(self._request_id)
+                self._show(view)
+
+    @Slot(int, bool, int, float)
+    def _on_run_finished(self, run_id: int, completed: bool, done: int, seconds: float) -> None:
+        run = self._run
+        if run is None or run_id != run.id:
+            return
+        self._run = None
+        total = self.controls.progress.maximum()
+        if completed:
+            self.statusBar().showMessage(texts.STATUS_RUN_DONE.format(n=done, seconds=seconds))
+        else:
+            self.statusBar().showMessage(texts.STATUS_RUN_CANCELLED.format(done=done, total=total))
+        self.controls.show_progress(False, 0, 1)
+        self._refresh_scores()
+        self.run_done.emit(completed)
+        folder, self._export_after_run = self._export_after_run, None
+        if folder is not None and completed:
+            self._write_exports(folder)
+
+    # Export
+    def _computed_slices(self) -> list[int]:
+        scores = self._scores_for(self.timesteps(), self.state.seed)
+        return [int(z) for z in np.flatnonzero(np.isfinite(scores))]
+
+    def missing_slices(self) -> list[int]:
+        """Brain slices with no result yet for the current settings."""
+        if self.session is None or self.session.model_volume is None:
+            return []
+        first, last = self.session.model_volume.slice_range
+        done = set(self._computed_slices())
+        return [z for z in range(first, last + 1) if z not in done]
+
+    def export_nifti(self, folder: str | Path, compute_missing: bool) -> list[Path] | None:
+        """Write <stem>_mask.nii.gz and <stem>_error.nii.gz on the input's grid.
+
+        compute_missing: run the missing brain slices first (written when the run ends, returns None),
+        or write now with only the computed slices (the others are 0).
+        """
+        if self.session is None or self.session.volume is None:
+            self.show_error(texts.ERROR_EXPORT.format(message=texts.ERROR_NO_VOLUME))
+            return None
+        if compute_missing and self.missing_slices():
+            if self._run is None and not self.run_whole_volume():
+                return self._write_exports(Path(folder))
+            self._export_after_run = Path(folder)
+            self.statusBar().showMessage(texts.EXPORT_RUNNING.format(n=len(self.missing_slices())))
+            return None
+        return self._write_exports(Path(folder))
+
+    def _write_exports(self, folder: Path) -> list[Path] | None:
+        s = self.session
+        mv, volume = s.model_volume, s.volume
+        computed = self._computed_slices()
+        if not computed:
+            self.show_error(texts.ERROR_EXPORT.format(message=texts.ERROR_NOTHING_TO_EXPORT))
+            return None
+        S = mv.image_size
+        heat = np.zeros((mv.n_slices, S, S), np.float32)  # (Z, S, S)
+        mask = np.zeros((mv.n_slices, S, S), bool)        # (Z, S, S)
+        for z in computed:
+            view = s.cache.view(z, self.timesteps(), self.state.seed)
+            heat[z] = view.heat
+            mask[z] = view.mask(self.state.threshold, self.state.postprocess, self.state.votes)
+        stem = _stem(volume.path) if volume.path else texts.UNNAMED_VOLUME
+        try:
+            mask_path = write_nifti(mv.to_canonical(mask, "nearest"), volume, folder / f"{stem}_mask.nii.gz", "mask")
+            error_path = write_nifti(mv.to_canonical(heat, "linear"), volume, folder / f"{stem}_error.nii.gz",
+                                     "error")
+        except VolumeError as err:
+            self.show_error(texts.ERROR_EXPORT.format(message=err))
+            return None
+        first, last = mv.slice_range
+        n_brain = last - first + 1
+        if not self.missing_slices() and len(computed) == n_brain:
+            what = texts.EXPORT_ALL.format(n=n_brain)
+        else:
+            what = texts.EXPORT_PARTIAL.format(n=len(computed), ranges=_ranges(computed))
+        self.statusBar().showMessage(texts.STATUS_EXPORTED.format(mask=mask_path.name, error=error_path.name,
+                                                                  what=what))
+        self.exported.emit([mask_path, error_path])
+        return [mask_path, error_path]
+
+    def _export_nifti_dialog(self) -> None:
+        if self.session is None or self.session.volume is None:
+            self.show_error(texts.ERROR_EXPORT.format(message=texts.ERROR_NO_VOLUME))
+            return
+        folder = QFileDialog.getExistingDirectory(self, texts.DIALOG_EXPORT_FOLDER, self.settings["last_directory"])
+        if not folder:
+            return
+        missing = self.missing_slices()
+        compute = False
+        if missing:
+            first, last = self.session.model_volume.slice_range
+            box = QMessageBox(QMessageBox.Icon.Question, texts.EXPORT_MISSING_TITLE,
+                              texts.EXPORT_MISSING_TEXT.format(missing=len(missing), total=last - first + 1,
+                                                               computed=len(self._computed_slices())), parent=self)
+            run = box.addButton(texts.EXPORT_RUN_MISSING, QMessageBox.ButtonRole.AcceptRole)
+            existing = box.addButton(texts.EXPORT_EXISTING, QMessageBox.ButtonRole.AcceptRole)
+            box.addButton(QMessageBox.StandardButton.Cancel)
+            box.exec()
+            if box.clickedButton() not in (run, existing):
+                return
+            compute = box.clickedButton() is run
+        self.export_nifti(folder, compute)
+
+    def save_panels_png(self, path: str | Path) -> bool:
+        ok = self.panels.grab().save(str(path))
+        if ok:
+            self.statusBar().showMessage(texts.STATUS_PNG.format(path=path))
+        else:
+            self.show_error(texts.ERROR_EXPORT.format(message=texts.ERROR_PNG.format(path=path)))
+        return ok
+
+    def _export_png_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, texts.DIALOG_SAVE_PNG, self.settings["last_directory"],
+                                              texts.FILTER_PNG)
+        if path:
+            self.save_panels_png(path if path.lower().endswith(".png") else path + ".png")
+
+    def panel_rects(self) -> list[QRect]:
+        """The four image views in window coordinates (what a screenshot shows of each panel)."""
+        return [QRect(self.panels.mapTo(self, r.topLeft()), r.size()) for r in self.panels.view_rects()]
+
+    # Screenshot mode
+    def _take_screenshot(self) -> None:
+        if self._screenshot is None or self._shown is None or self._shown.slice != self.state.slice:
+            return
+        path, self._screenshot = self._screenshot, None
+        if self.grab().save(str(path)):
+            self.screenshot_done.emit(True, "")
+        else:
+            self.screenshot_done.emit(False, texts.ERROR_PNG.format(path=path))
+
+    def _finish_screenshot(self, ok: bool, message: str) -> None:
+        """Report a screenshot failure from inside the event loop (the app is not running it yet at startup)."""
+        if self._screenshot is None:
+            return
+        self._screenshot = None
+        QTimer.singleShot(0, lambda: self.screenshot_done.emit(ok, message))
+
+    # Closing
+    def _save_settings(self) -> None:
+        if self._read_only:
+            return
+        problem = self.settings.save()
+        if problem:
+            self.statusBar().showMessage(problem)
+
+    def closeEvent(self, event) -> None:
+        if not self._read_only:
+            self.settings["geometry"] = base64.b64encode(bytes(self.saveGeometry())).decode("ascii")
+            for name in RESTORED:
+                self.settings[name] = getattr(self.state, name)
+            self._save_settings()
+        self.worker.cancel_run()
+        self.threads.stop()
+        super().closeEvent(event)

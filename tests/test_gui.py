@@ -1,0 +1,533 @@
+"""Desktop viewer (pytest-qt, offscreen): slices, sliders, newest-wins worker, errors, export, screenshot."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("pytestqt")
+
+from PySide6.QtCore import QEvent, QMimeData, QPoint, QPointF, Qt, QTimer, QUrl  # noqa: E402
+from PySide6.QtGui import QDragEnterEvent, QDropEvent, QImage, QWheelEvent  # noqa: E402
+from PySide6.QtWidgets import QApplication  # noqa: E402
+
+from sss_viewer.core.checkpoint import save_checkpoint  # noqa: E402
+from sss_viewer.core.config import PRESETS  # noqa: E402
+from sss_viewer.core.resources import DEMO_CHECKPOINT, DEMO_VOLUME, default_checkpoint, resource  # noqa: E402
+from sss_viewer.core.unet import UNet  # noqa: E402
+from sss_viewer.core.volume import Volume  # noqa: E402
+from sss_viewer.gui import qtcompat, texts  # noqa: E402
+from sss_viewer.gui.app import launch, main, parse_args  # noqa: E402
+from sss_viewer.gui.coords import canonical_to_native, model_to_canonical  # noqa: E402
+from sss_viewer.gui.main_window import MainWindow  # noqa: E402
+from sss_viewer.gui.settings import Settings  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+WAIT = 30_000  # ms; tiny model calls take well under a second each
+AFFINE = np.array([[-1.0, 0, 0, 14], [0, -1.2, 0, 20], [0, 0, 2.0, -60], [0, 0, 0, 1]])  # LPS, anisotropic
+
+
+def synthetic_brain(shape=(28, 32, 64)) -> np.ndarray:
+    """Canonical (X, Y, Z) ellipsoid 'brain' with texture and a bright blob, off-centre so flips show."""
+    x, y, z = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    inside = ((x - 12) / 11) ** 2 + ((y - 17) / 13) ** 2 + ((z - 32) / 28) ** 2 < 1
+    texture = 100 + 30 * np.sin(x / 2.5) * np.cos(y / 3.0)
+    data = np.where(inside, texture, 0.0)
+    data[((x - 8) ** 2 + (y - 22) ** 2 + (z - 32) ** 2 < 9) & inside] = 250
+    return data.astype(np.float32)
+
+
+def save_lps(canonical: np.ndarray, path: Path) -> Path:
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(canonical[::-1, ::-1, :]), AFFINE), str(path))  # native L, P, S
+    return path
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gui")
+    out = {"volume": save_lps(synthetic_brain(), root / "brain.nii.gz"),
+           "bad_volume": root / "broken.nii.gz", "bad_checkpoint": root / "broken.pt"}
+    out["bad_volume"].write_bytes(b"this is not a NIfTI file")
+    out["bad_checkpoint"].write_bytes(b"nor is this a checkpoint")
+    for name, seed in (("checkpoint", 0), ("checkpoint2", 1)):
+        torch.manual_seed(seed)
+        # Random weights everywhere (a fresh UNet's zeroed output layer would predict eps = 0 for any weights).
+        weights = {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v
+                   for k, v in UNet(PRESETS["tiny"].model).state_dict().items()}
+        out[name] = root / f"tiny{seed}.pt"
+        save_checkpoint(out[name], PRESETS["tiny"], weights, step=seed)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def settings_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "config"
+    monkeypatch.setenv("SSS_VIEWER_CONFIG_DIR", str(folder))
+    return folder
+
+
+def wait_for(qtbot, condition, timeout=WAIT):
+    qtbot.waitUntil(condition, timeout=timeout)
+
+
+@pytest.fixture
+def window(qtbot, files):
+    w = MainWindow(Settings.load())
+    qtbot.addWidget(w)
+    w.resize(1200, 800)
+    w.show()
+    w.start(files["volume"], files["checkpoint"], device="cpu")
+    wait_for(qtbot, lambda: w.shown is not None or (w._error_box is not None and w._error_box.isVisible()))
+    assert w.shown is not None, f"no first result: {w.statusBar().currentMessage()}"
+    yield w
+    w.close()
+
+
+def images(w: MainWindow) -> dict[str, np.ndarray]:
+    p = w.panels
+    return {"original": p.original_image.image.copy(), "recon": p.recon_image.image.copy(),
+            "heat": p.heat_image.image.copy(), "mask": p._mask.copy()}
+
+
+def wait_result(qtbot, w: MainWindow, z: int, timesteps=None):
+    wait_for(qtbot, lambda: w.shown is not None and w.shown.slice == z
+             and (timesteps is None or w.shown.timesteps == timesteps))
+
+
+def test_browse_slices_and_sliders(qtbot, window):
+    w = window
+    mv = w.session.model_volume
+    first, last = mv.slice_range
+    z0 = w.state.slice
+    assert z0 == (first + last) // 2 and w.shown.slice == z0
+    before = images(w)
+    assert before["recon"].shape == (32, 32) and np.ptp(before["recon"]) > 0 and before["mask"].dtype == bool
+
+    qtbot.keyClick(w.panels.original.canvas, Qt.Key.Key_Up)           # arrow key over a panel
+    wait_result(qtbot, w, z0 + 1)
+    after = images(w)
+    assert not np.array_equal(before["original"], after["original"])
+    assert not np.array_equal(before["recon"], after["recon"])
+    qtbot.keyClick(w.panels.original.canvas, Qt.Key.Key_PageDown)
+    wait_result(qtbot, w, z0 + 1 - 10)
+
+    view = w.panels.mask.view                                           # wheel over a panel: one slice per notch
+    canvas = w.panels.mask.canvas
+    pos = QPointF(canvas.mapFromScene(view.sceneBoundingRect().center()))
+    wheel = QWheelEvent(pos, QPointF(canvas.viewport().mapToGlobal(pos.toPoint())), QPoint(), QPoint(0, 240),
+                        Qt.MouseButton.NoButton, Qt.KeyboardModifier.NoModifier, Qt.ScrollPhase.NoScrollPhase, False)
+    QApplication.sendEvent(canvas.viewport(), wheel)
+    assert w.state.slice == z0 + 1 - 10 + 2
+    wait_result(qtbot, w, w.state.slice)
+
+    w.slice_slider.setValue(z0 + 3)                                     # slice slider
+    wait_result(qtbot, w, z0 + 3)
+    assert w.slice_spin.value() == z0 + 3
+
+    recon_300 = images(w)["recon"]
+    w.controls.timestep_slider.setValue(350)                            # timestep slider → a model call
+    wait_result(qtbot, w, z0 + 3, (350,))
+    assert not np.array_equal(recon_300, images(w)["recon"])
+    assert texts.PANEL_RECON.format(t=350) in w.panels.recon.title.text()
+
+    calls, request = w.worker.model_calls, w._request_id
+    mask_before = images(w)["mask"]
+    w.controls.threshold_slider.setValue(10)                            # threshold 0.05: mask grows, no model call
+    assert w.state.threshold == pytest.approx(0.05)
+    mask_low = images(w)["mask"]
+    assert mask_low.sum() > mask_before.sum()
+    w.controls.postprocess_box.setChecked(False)
+    assert not np.array_equal(images(w)["mask"], mask_low)
+    qtbot.wait(200)
+    assert w.worker.model_calls == calls and w._request_id == request
+
+    w.slice_slider.setValue(z0)                                         # revisiting a computed slice: from the cache
+    w.controls.timestep_slider.setValue(300)
+    assert w.shown is not None and w.shown.slice == z0 and w.worker.model_calls == calls
+
+
+def test_rapid_scrubbing_coalesces_and_stays_responsive(qtbot, window, monkeypatch):
+    w = window
+    detector = w.worker._detector
+    reconstruct = detector.reconstruct
+
+    def small_preset_speed(*args, **kwargs):  # the tiny model is ~30 ms; a 128 px `small` call is ~0.15 s
+        time.sleep(0.15)
+        return reconstruct(*args, **kwargs)
+
+    monkeypatch.setattr(detector, "reconstruct", small_preset_speed)
+    n = w.session.model_volume.n_slices
+    positions = list(range(n)) + list(range(n - 1, n - 1 - (100 - n), -1))  # 100 positions, back and forth
+    assert len(positions) == 100
+    final = positions[-1]
+    shown_pairs = []
+    w.result_shown.connect(lambda z: shown_pairs.append((z, w.state.slice)))
+    ticks = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start(10)
+    calls = w.worker.model_calls
+    slowest = 0.0
+    for z in positions:                                                 # ~100 positions a second, like a drag
+        start = time.perf_counter()
+        w.slice_slider.setValue(z)
+        slowest = max(slowest, time.perf_counter() - start)
+        qtbot.wait(10)
+    wait_result(qtbot, w, final)
+    timer.stop()
+    made = w.worker.model_calls - calls
+    assert w.state.slice == final and w.shown.slice == final
+    assert np.array_equal(w.panels.recon_image.image, w.session.cache.get(final, 300, 0).recon)
+    print(f"scrubbing 100 positions: {made} model calls")
+    assert 1 <= made <= 20, f"{made} model calls for 100 slider positions"
+    assert all(shown == current for shown, current in shown_pairs), "a stale slice reached the screen"
+    assert slowest < 0.25, f"a slider step blocked the GUI thread for {slowest:.3f} s"
+    gaps = np.diff(ticks)
+    assert len(gaps) > 20 and gaps.max() < 1.0, f"event loop stalled for {gaps.max():.2f} s"
+
+
+def test_none_true_false_survive_pyside_reference_leaks():
+    """PySide6 6.12.0 on CPython 3.11 drops a reference to None per void call and to True per emit (qtcompat)."""
+    leaks = qtcompat.leaked_references()
+    if any(leaks.values()):
+        assert sys.version_info < (3, 12)
+        assert all(sys.getrefcount(obj) > qtcompat.RESERVE // 2 for obj in (None, True, False))
+    else:
+        assert not qtcompat.install()
+
+
+def test_consensus_votes_and_seed(qtbot, window):
+    w = window
+    z = w.state.slice
+    w.controls.consensus_box.setChecked(True)
+    wait_result(qtbot, w, z, (250, 300, 350, 400))
+    view = w.shown
+    np.testing.assert_allclose(view.heat, view.errors.mean(axis=0), rtol=1e-6)
+    assert not w.controls.timestep_slider.isEnabled()
+    calls = w.worker.model_calls
+    masks = {}
+    for votes in (1, 4):
+        w.controls.votes_spin.setValue(votes)
+        masks[votes] = images(w)["mask"]
+    assert masks[1].sum() >= masks[4].sum() and w.worker.model_calls == calls
+    w.controls.consensus_box.setChecked(False)
+    w.controls.seed_spin.setValue(7)
+    wait_result(qtbot, w, z, (300,))
+    assert w.shown.seed == 7 and w.worker.model_calls == calls + 1
+
+
+def test_whole_volume_run_scores_and_cancel(qtbot, window):
+    w = window
+    w.worker.cpu_chunk = 16
+    first, last = w.session.model_volume.slice_range
+    with qtbot.waitSignal(w.run_done, timeout=60_000) as finished:
+        w.controls.run_button.click()
+        assert w.running and w.controls.cancel_button.isEnabled()
+    assert finished.args[0] is True
+    _, scores = w.score_plot.curve.getData()
+    assert np.isfinite(scores[first:last + 1]).all()
+    assert w.controls.progress.value() == last - first + 1
+    calls = w.worker.model_calls
+    for z in range(first, last + 1, 3):                                 # scrolling afterwards: instant, no model
+        w.slice_slider.setValue(z)
+        assert w.shown is not None and w.shown.slice == z
+    assert w.worker.model_calls == calls
+
+    vb = w.score_plot.getPlotItem().vb                                  # click on the score plot → jump
+    target = first + 2
+    pos = w.score_plot.mapFromScene(vb.mapViewToScene(QPointF(target, float(np.nanmax(scores)) / 2)))
+    qtbot.mouseClick(w.score_plot.viewport(), Qt.MouseButton.LeftButton, pos=pos)
+    assert w.state.slice == target
+
+    w.controls.seed_spin.setValue(3)                                    # new settings: run, then cancel
+    wait_result(qtbot, w, target)
+    with qtbot.waitSignal(w.run_done, timeout=WAIT) as cancelled:
+        w.run_whole_volume()
+        w.controls.cancel_button.click()
+    assert cancelled.args[0] is False and not w.running and w.controls.run_button.isEnabled()
+    assert np.isnan(w.score_plot.curve.getData()[1][first:last + 1]).any()
+
+
+def test_bad_volume_shows_error_and_keeps_previous(qtbot, window, files):
+    w = window
+    path, shown = w.session.volume.path, w.shown
+    with qtbot.waitSignal(w.error_shown, timeout=WAIT) as error:
+        w.open_volume(files["bad_volume"])
+    assert "broken.nii.gz" in error.args[0] and w._error_box.isVisible()
+    assert w._error_box.text().startswith(texts.ERROR_VOLUME.split("\n")[0])
+    assert w.session.volume.path == path and w.shown is shown and w.pages.currentIndex() == 1
+    w._error_box.close()
+    w.step_slice(1)                                                     # still working
+    wait_result(qtbot, w, w.state.slice)
+
+
+def test_out_of_memory_in_worker_reaches_user_and_app_continues(qtbot, window, monkeypatch):
+    w = window
+    detector = w.worker._detector
+    reconstruct = detector.reconstruct
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(detector, "reconstruct", out_of_memory)
+    with qtbot.waitSignal(w.error_shown, timeout=WAIT) as error:
+        w.step_slice(1)
+    assert "out of memory" in error.args[0] and "cpu" in error.args[0]
+    assert w.shown is None and w.session.model is not None
+    assert texts.PANEL_FAILED.format(slice=w.state.slice) in w.panels.heat.title.text()
+    w._error_box.close()
+    monkeypatch.setattr(detector, "reconstruct", reconstruct)
+    w.step_slice(1)                                                     # the worker thread survived
+    wait_result(qtbot, w, w.state.slice)
+
+
+def test_checkpoint_and_device_switch_at_run_time(qtbot, window, files, settings_dir):
+    w = window
+    z, recon = w.state.slice, images(w)["recon"]
+    key = w.session.key
+    with qtbot.waitSignal(w.error_shown, timeout=WAIT) as error:        # bad checkpoint: message, model kept
+        w.open_checkpoint(files["bad_checkpoint"])
+    assert "broken.pt" in error.args[0] and w.session.model.path == files["checkpoint"]
+    w._error_box.close()
+
+    w.open_checkpoint(files["checkpoint2"])                             # good one: new session, recomputed
+    wait_for(qtbot, lambda: w.session.key != key and w.shown is not None)
+    assert w.session.model.path == files["checkpoint2"] and w.shown.slice == z
+    assert not np.array_equal(recon, images(w)["recon"])
+    assert "tiny1.pt" in w.controls.model_label.text() and "tiny" in w.controls.model_label.text()
+    assert default_checkpoint() == files["checkpoint2"].resolve()      # remembered as the default
+
+    if "cuda" not in w.devices:                                         # unusable device: message, stays on cpu
+        with qtbot.waitSignal(w.error_shown, timeout=WAIT) as error:
+            w.state.set(device="cuda")
+        assert "CUDA" in error.args[0]
+        wait_for(qtbot, lambda: w.state.device == "cpu")
+        assert w.session.model.device == "cpu"
+        w._error_box.close()
+    w.controls.device_combo.setCurrentIndex(w.controls.device_combo.findData("auto"))
+    wait_for(qtbot, lambda: w.session.device == "auto")
+
+
+def test_export_writes_aligned_nifti(qtbot, window, files, tmp_path):
+    w = window
+    native = nib.load(str(files["volume"]))
+    brain_native = np.asarray(native.dataobj) > 0
+    w.state.set(threshold=0.0, postprocess=False)                     # mask = every brain pixel with error > 0
+    z = w.state.slice
+    paths = w.export_nifti(tmp_path / "partial", compute_missing=False)  # only what exists: one slice
+    mask = nib.load(str(paths[0]))
+    assert paths[0].name == "brain_mask.nii.gz" and paths[1].name == "brain_error.nii.gz"
+    assert mask.shape == native.shape and np.allclose(mask.affine, native.affine)
+    data = np.asarray(mask.dataobj)
+    assert set(np.unique(data)) <= {0, 1}
+    assert set(np.flatnonzero(data.any(axis=(0, 1)))) == {z}          # native z = canonical z for LPS
+    assert "1 computed slices" in w.statusBar().currentMessage()
+
+    w.worker.cpu_chunk = 16
+    with qtbot.waitSignal(w.exported, timeout=60_000) as done:          # run the missing slices, then write
+        assert w.export_nifti(tmp_path / "full", compute_missing=True) is None
+    mask = np.asarray(nib.load(str(done.args[0][0])).dataobj) > 0
+    error = nib.load(str(done.args[0][1]))
+    first, last = w.session.model_volume.slice_range
+    inside = slice(first, last + 1)
+    overlap = (mask[..., inside] & brain_native[..., inside]).sum()
+    dice = 2 * overlap / (mask[..., inside].sum() + brain_native[..., inside].sum())
+    assert dice > 0.9, f"exported mask does not lie on the brain (Dice {dice:.3f})"
+    err = np.asarray(error.dataobj)
+    assert error.get_data_dtype() == np.float32 and np.allclose(error.affine, native.affine)
+    assert (err[~brain_native] == 0).mean() > 0.95 and (err[brain_native] > 0).mean() > 0.5
+    assert texts.EXPORT_ALL.format(n=last - first + 1) in w.statusBar().currentMessage()
+
+    png = tmp_path / "panels.png"
+    assert w.save_panels_png(png) and QImage(str(png)).width() > 200
+
+
+def test_window_level_and_status_line(qtbot, window, files):
+    w = window
+    auto = w.state.window
+    assert auto[0] < auto[1]
+    w.controls.window_spin.setValue(50.0)
+    w.controls.level_spin.setValue(120.0)
+    assert w.state.window == pytest.approx((95.0, 145.0))
+    levels = w.panels.original_image.getLevels()
+    w.panels.level_drag.emit(40.0, -20.0, False)                         # right-drag: wider, brighter
+    assert w.state.window[1] - w.state.window[0] > 50 and not np.allclose(w.panels.original_image.getLevels(), levels)
+    w.controls.window_widgets[2].click()                                # Auto resets
+    assert w.state.window == pytest.approx(auto)
+
+    s, z = w.session, w.state.slice                                     # hover: native voxel and raw intensity
+    mv, volume = s.model_volume, s.volume
+    u, v = mv.image_size * 0.45, mv.image_size * 0.55
+    w.panels.hovered.emit(u, v)
+    text = w.cursor_label.text()
+    x, y, k = model_to_canonical(mv, z, u, v)
+    world = volume.canonical_affine @ [x, y, k, 1]                     # independent path: via world coordinates
+    i, j, kk = np.rint(np.linalg.inv(AFFINE) @ world)[:3].astype(int)
+    value = np.asarray(nib.load(str(files["volume"])).dataobj)[i, j, kk]
+    assert texts.STATUS_VOXEL.format(i=i, j=j, k=kk, value=value) in text
+    assert texts.STATUS_SLICE.format(slice=z, last=mv.n_slices - 1) in text and "heat" in text
+    w.panels.hovered.emit(0.2, 0.2)                                     # a corner of the square lies outside
+    assert texts.STATUS_OUTSIDE in w.cursor_label.text() or "voxel" in w.cursor_label.text()
+
+
+def test_canonical_to_native_matches_core_reorientation():
+    native = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6) + 1
+    axis = {"R": (0, 1), "L": (0, -1), "A": (1, 1), "P": (1, -1), "S": (2, 1), "I": (2, -1)}
+    for codes in ("LPS", "RAS", "ASL", "IRP"):
+        affine = np.eye(4)
+        affine[:3, :3] = 0
+        for i, code in enumerate(codes):
+            world, sign = axis[code]
+            affine[world, i] = sign
+        vol = Volume.from_array(native, affine)
+        assert vol.axcodes == tuple(codes)
+        for index in np.ndindex(vol.data.shape):
+            assert native[canonical_to_native(vol, index)] == vol.data[index]
+
+
+def test_drop_and_recent_files(qtbot, window, files, settings_dir):
+    w = window
+    key = w.session.key
+    def drag(path: Path) -> tuple[QMimeData, QDragEnterEvent]:
+        mime = QMimeData()
+        mime.setUrls([QUrl.fromLocalFile(str(path))])
+        enter = QDragEnterEvent(QPointF(50, 50), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                                Qt.KeyboardModifier.NoModifier)
+        QApplication.sendEvent(w, enter)
+        return mime, enter
+
+    assert not drag(files["volume"].with_suffix(".txt"))[1].isAccepted()
+    mime, enter = drag(files["volume"])
+    assert enter.isAccepted()
+    QApplication.sendEvent(w, QDropEvent(QPointF(50, 50), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                                         Qt.KeyboardModifier.NoModifier, QEvent.Type.Drop))
+    wait_for(qtbot, lambda: w.session.key != key and w.shown is not None)
+    assert Settings.load().values["recent_files"][0] == str(files["volume"].resolve())
+    w.recent_menu.aboutToShow.emit()
+    actions = [a for a in w.recent_menu.actions() if a.data()]
+    assert actions and actions[0].data() == str(files["volume"].resolve())
+    with qtbot.waitSignal(w.error_shown, timeout=WAIT):
+        w.open_recent(str(files["volume"].parent / "gone.nii.gz"))
+    w._error_box.close()
+
+
+def test_settings_restore_and_corrupt_file(qtbot, files, settings_dir):
+    settings_dir.mkdir(parents=True)
+    path = settings_dir / "settings.json"
+    path.write_text("{not json")
+    assert Settings.load(repair=False).warning and path.read_text() == "{not json"  # --screenshot: read only
+    settings = Settings.load()
+    assert settings.warning and "unreadable" in settings.warning and (settings_dir / "settings.json.bad").exists()
+    assert settings.values["timestep"] == 300 and settings.save() is None and json.loads(path.read_text())
+    path.write_text('{"timestep": 9999, "threshold": "high", "seed": 5, "consensus": true, "future_key": 1}')
+    settings = Settings.load()
+    assert "threshold" in settings.warning and "timestep" in settings.warning
+    assert settings["timestep"] == 300 and settings["seed"] == 5 and settings["future_key"] == 1
+    with pytest.raises(ValueError):
+        settings["votes"] = 9
+    w = MainWindow(settings)                                           # slider values come back
+    qtbot.addWidget(w)
+    assert w.state.seed == 5 and w.state.consensus and w.controls.seed_spin.value() == 5
+    w.state.set(timestep=450, threshold=0.42)
+    w.close()
+    saved = Settings.load()
+    assert saved.warning is None and saved["timestep"] == 450 and saved["threshold"] == 0.42 and saved["geometry"]
+    assert not [p for p in settings_dir.iterdir() if p.name.endswith(".tmp")]
+    assert saved["future_key"] == 1
+
+
+def panel_contents(png: Path, rects) -> list[float]:
+    """Standard deviation of the grey values inside each panel rectangle of a saved PNG."""
+    image = QImage(str(png)).convertToFormat(QImage.Format.Format_Grayscale8)
+    out = []
+    for r in rects:
+        crop = image.copy(r)
+        arr = np.frombuffer(crop.constBits(), np.uint8, crop.sizeInBytes()).reshape(crop.height(), -1)[:, :crop.width()]
+        out.append(float(arr.std()))
+    return out
+
+
+def screenshot_window(qtbot, argv):
+    w = launch(parse_args(argv))
+    qtbot.addWidget(w)
+    with qtbot.waitSignal(w.screenshot_done, timeout=60_000) as done:
+        pass
+    return w, done.args
+
+
+def test_screenshot_shows_four_nonempty_panels(qtbot, files, tmp_path):
+    png = tmp_path / "shot.png"
+    w, (ok, message) = screenshot_window(qtbot, [str(files["volume"]), "--checkpoint", str(files["checkpoint"]),
+                                                 "--slice", "30", "--timestep", "250", "--threshold", "0.1",
+                                                 "--screenshot", str(png)])
+    assert ok, message
+    assert w.state.slice == 30 and w.shown.timesteps == (250,) and w.state.threshold == 0.1
+    assert all(std > 5 for std in panel_contents(png, w.panel_rects()))
+    assert not (tmp_path / "config" / "settings.json").exists()        # --screenshot leaves settings alone
+    w.close()
+
+
+def test_screenshot_errors_exit_2(qtbot, files, tmp_path, capsys):
+    png = tmp_path / "never.png"
+    assert main([str(files["bad_volume"]), "--checkpoint", str(files["checkpoint"]), "--screenshot", str(png)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "broken.nii.gz" in err[0] and not png.exists()
+    assert main([str(files["volume"]), "--checkpoint", str(files["bad_checkpoint"]), "--screenshot", str(png)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "broken.pt" in err[0]
+    assert main([str(files["volume"]), "--checkpoint", str(files["checkpoint"]), "--slice", "999",
+                 "--screenshot", str(png)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "999" in err[0]
+    with pytest.raises(SystemExit) as bad_arg:
+        parse_args(["--timestep", "5000"])
+    assert bad_arg.value.code == 2
+
+
+def test_cli_screenshot_subprocess(files, tmp_path):
+    png = tmp_path / "cli.png"
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "SSS_VIEWER_CONFIG_DIR": str(tmp_path / "cfg"),
+           "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-m", "sss_viewer.gui.app", str(files["volume"]), "--checkpoint",
+                          str(files["checkpoint"]), "--device", "cpu", "--screenshot", str(png)],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert QImage(str(png)).width() > 1000
+
+
+def test_no_argument_with_demo_missing_says_so_and_keeps_running(qtbot):
+    volume_there, checkpoint_there = resource(DEMO_VOLUME).is_file(), resource(DEMO_CHECKPOINT).is_file()
+    if volume_there and checkpoint_there:
+        pytest.skip("the demo files are installed")
+    w = launch(parse_args([]))
+    qtbot.addWidget(w)
+    if not volume_there:                                                # the empty page names the missing files
+        assert w.pages.currentIndex() == 0 and DEMO_VOLUME in w.message.text()
+    else:                                                               # the demo opens; the panels say why no result
+        wait_for(qtbot, lambda: w.session is not None and w.session.volume is not None)
+        assert w.pages.currentIndex() == 1 and texts.PANEL_NO_MODEL in w.panels.recon.title.text()
+    if not checkpoint_there:
+        assert w.session is None or w.session.model is None
+        assert w.controls.model_label.text() == texts.MODEL_NONE
+    assert w.isVisible()
+    w.close()
+
+
+DEMO_MISSING = [f"resources/{name}" for name in (DEMO_VOLUME, DEMO_CHECKPOINT) if not resource(name).is_file()]
+
+
+@pytest.mark.skipif(bool(DEMO_MISSING), reason=f"demo files absent: {', '.join(DEMO_MISSING)}")
+def test_demo_screenshot_shows_four_nonempty_panels(qtbot, tmp_path):
+    png = tmp_path / "demo.png"
+    w, (ok, message) = screenshot_window(qtbot, ["--device", "cpu", "--screenshot", str(png)])
+    assert ok, message
+    assert w.session.volume.path == resource(DEMO_VOLUME)
+    assert all(std > 5 for std in panel_contents(png, w.panel_rects()))
+    w.close()
