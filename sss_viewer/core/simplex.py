@@ -1,0 +1,471 @@
+"""OpenSimplex 3D noise in torch, equal to the opensimplex package, and AnoDDPM's octave noise from it."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import torch
+
+from .config import NoiseConfig
+
+_STRETCH = -1.0 / 6   # (1/sqrt(3+1) - 1)/3: skews (x, y, z) onto the simplectic honeycomb
+_SQUISH = 1.0 / 3     # (sqrt(3+1) - 1)/3: skews a lattice point back to space
+_NORM = 103.0         # scales the sum of contributions into [-1, 1]
+
+# The 24 gradients, vertices of a skewed rhombicuboctahedron, in the package's order.
+_GRADIENTS3 = torch.tensor([
+    [-11, 4, 4], [-4, 11, 4], [-4, 4, 11], [11, 4, 4], [4, 11, 4], [4, 4, 11],
+    [-11, -4, 4], [-4, -11, 4], [-4, -4, 11], [11, -4, 4], [4, -11, 4], [4, -4, 11],
+    [-11, 4, -4], [-4, 11, -4], [-4, 4, -11], [11, 4, -4], [4, 11, -4], [4, 4, -11],
+    [-11, -4, -4], [-4, -11, -4], [-4, -4, -11], [11, -4, -4], [4, -11, -4], [4, -4, -11],
+], dtype=torch.float64)                                          # (24, 3)
+
+_LCG_A = 6364136223846793005   # Knuth's MMIX multiplier, as the package seeds its shuffle
+_LCG_C = 1442695040888963407
+_MASK64 = (1 << 64) - 1
+
+# Lattice offsets relative to the super-cell origin reach -1..2 on each axis, so the hash tables are
+# laid out with one row of padding before and two after the 256 wrapped values: a lattice point
+# (i + ox, j + oy) then sits at flat position i * _SIDE + j + (ox + 1) * _SIDE + (oy + 1).
+_SIDE = 259                    # 1 + 256 + 2
+_HASH2 = _SIDE * _SIDE         # entries of one seed's 2D hash table
+_GRADS = 514                   # entries of one seed's gradient table: hash (<256) + z (<256) + oz + 1 (<4)
+_CPU_CHUNK = 1 << 15           # (table, point) pairs per pass on a CPU: torch's parallel grain, cache-sized
+_DEVICE_CHUNK = 1 << 22        # points per pass on an accelerator: bounds the temporaries (~0.5 KiB a point)
+
+
+def _signed64(value: int) -> int:
+    """value wrapped to a signed 64-bit integer, as the package's ctypes.c_int64 overflow does."""
+    value &= _MASK64
+    return value - (1 << 64) if value >> 63 else value
+
+
+def _permutations(seeds: torch.Tensor) -> torch.Tensor:
+    """The package's seeded permutation of 0..255 (its _init), for B seeds at once: (B,) int64 -> (B, 256) int64.
+
+    The LCG s <- s * A + C (mod 2^64) runs three warm-up steps and then one step per position i = 255..0;
+    its k-th state is s_k = A^k s_0 + C (A^k - 1)/(A - 1), so all 259 states come from one product.
+    Position i takes source[r] with r = (s + 31) mod (i + 1), and source[r] takes source[i]: a sequential
+    shuffle, so the loop runs over the 256 positions, each step vectorised across the seeds.
+    """
+    seeds = seeds.to("cpu", torch.int64).reshape(-1)                      # (B,)
+    mults, incs, a, c = [], [], 1, 0
+    for _ in range(259):
+        a, c = (a * _LCG_A) & _MASK64, (c * _LCG_A + _LCG_C) & _MASK64
+        mults.append(_signed64(a))
+        incs.append(_signed64(c))
+    states = seeds[:, None] * torch.tensor(mults[3:]) + torch.tensor(incs[3:])   # (B, 256), wraps mod 2^64
+    sizes = torch.arange(256, 0, -1)                                     # i + 1 for i = 255..0
+    picks = (states.remainder(sizes) + 31).remainder(sizes)              # (B, 256), floor-mod as in Python
+    source = torch.arange(256).repeat(len(seeds), 1)                     # (B, 256)
+    perm = torch.empty_like(source)                                      # (B, 256)
+    for step, i in enumerate(range(255, -1, -1)):
+        r = picks[:, step:step + 1]                                      # (B, 1)
+        perm[:, i:i + 1] = source.gather(1, r)
+        source.scatter_(1, r, source[:, i:i + 1].clone())
+    return perm
+
+
+def _tables(perm: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded lookup tables on a device for B permutations: the 2D hash and the gradients.
+
+    hash2[b, i, j] = perm[b, (perm[b, (i - 1) mod 256] + j - 1) mod 256]       (B * _SIDE^2,) uint8
+    grads[:, b, m] = the gradient numbered perm[b, (m - 1) mod 256] mod 24     (3, B * _GRADS) float64
+    so that the package's gradient at lattice point (x, y, z), GRADIENTS3[perm_grad_index3[(h + z) & 255]]
+    with h = perm[(perm[x & 255] + y) & 255], is grads[:, b, h + (z mod 256) + 1] with
+    h = hash2[b, (x mod 256) + 1, (y mod 256) + 1].
+    """
+    perm = perm.to(device)                                               # (B, 256)
+    wrap = (torch.arange(_SIDE, device=device) - 1) % 256                # (_SIDE,)
+    windows = perm.to(torch.uint8).repeat(1, 3).unfold(1, _SIDE, 1)      # (B, 510, _SIDE): perm from each start
+    starts = ((perm[:, wrap] - 1) % 256)[:, :, None].expand(-1, -1, _SIDE)   # (B, _SIDE, _SIDE)
+    hash2 = windows.gather(1, starts)                                    # (B, _SIDE, _SIDE)
+    wrap = (torch.arange(_GRADS, device=device) - 1) % 256               # (_GRADS,)
+    grads = _GRADIENTS3.to(device)[perm[:, wrap] % 24]                   # (B, _GRADS, 3)
+    return hash2.flatten(), grads.permute(2, 0, 1).reshape(3, -1).contiguous()
+
+
+@functools.lru_cache(maxsize=16)
+def _seed_tables(seed: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """_tables for one seed (already wrapped to int64), cached per (seed, device)."""
+    return _tables(_permutations(torch.tensor([seed])), device)
+
+
+def _extra_vertices(region: int, p: int, q: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """The package's two extra lattice points for one case, as offsets from the super-cell origin.
+
+    region 0 (tetrahedron at (0,0,0)) and 1 (at (1,1,1)): p is the closest-vertex code c, q is 1 when the
+    tetrahedron's own corner is among the two closest. region 2 (the octahedron): p, q are the two closest
+    points' codes. Bits 1, 2, 4 of a code stand for the x, y, z axes.
+    """
+    if region == 0 and q:
+        x = (-1, 0) if not p & 1 else (1, 1)
+        y = (1, 1) if p & 2 else ((0, -1) if not p & 1 else (-1, 0))
+        z = (0, -1) if not p & 4 else (1, 1)
+    elif region == 0:
+        x, y, z = [(1, 1) if p & bit else (0, -1) for bit in (1, 2, 4)]
+    elif region == 1 and q:
+        x = (2, 1) if p & 1 else (0, 0)
+        y = ((1, 2) if p & 1 else (2, 1)) if p & 2 else (0, 0)
+        z = (1, 2) if p & 4 else (0, 0)
+    elif region == 1:
+        x, y, z = [(1, 2) if p & bit else (0, 0) for bit in (1, 2, 4)]
+    else:
+        p_further, q_further = bin(p).count("1") == 2, bin(q).count("1") == 2
+        if p_further and q_further:            # both on the (1,1,1) side: it, and (2,0,0) on the shared axis
+            return (1, 1, 1), _axis_vertex(p & q)
+        if not (p_further or q_further):       # both on the (0,0,0) side: it, and (-1,1,1) off the omitted axis
+            return (0, 0, 0), _minus_vertex(p | q)
+        far, near = (p, q) if p_further else (q, p)   # one each: (-1,1,1) from the far, (2,0,0) from the near
+        return _minus_vertex(far), _axis_vertex(near)
+    return (x[0], y[0], z[0]), (x[1], y[1], z[1])
+
+
+def _axis_vertex(code: int) -> tuple[int, int, int]:
+    """(2,0,0) along the first axis set in code (x, then y, else z)."""
+    axis = 0 if code & 1 else (1 if code & 2 else 2)
+    return tuple(2 if k == axis else 0 for k in range(3))
+
+
+def _minus_vertex(code: int) -> tuple[int, int, int]:
+    """(1,1,1) with -1 on the first axis missing from code (x, then y, else z)."""
+    axis = 0 if not code & 1 else (1 if not code & 2 else 2)
+    return tuple(-1 if k == axis else 1 for k in range(3))
+
+
+def _tetra_case(bits: int) -> tuple[int, int]:
+    """The package's branches in the tetrahedron at (0,0,0), from the comparison bits of _case_key.
+
+    Picks the two closest of (1,0,0), (0,1,0), (0,0,1) (codes a, b), then whether (0,0,0) beats one of them:
+    if so c is the closer of a, b and q = 1, else c = a | b and q = 0.
+    """
+    x_lt_y, z_gt_y, z_gt_x, y_gt_z, w_gt_x, w_gt_y, w_gt_z = ((bits >> k) & 1 for k in range(7))
+    if not x_lt_y and z_gt_y:       # y's place goes to z
+        a, b, wins, b_closer = 1, 4, w_gt_x or w_gt_z, z_gt_x
+    elif x_lt_y and z_gt_x:         # x's place goes to z
+        a, b, wins, b_closer = 4, 2, w_gt_z or w_gt_y, y_gt_z
+    else:
+        a, b, wins, b_closer = 1, 2, w_gt_x or w_gt_y, x_lt_y
+    return ((b if b_closer else a), 1) if wins else (a | b, 0)
+
+
+def _octa_case(bits: int) -> tuple[int, int]:
+    """The package's branches in the octahedron, from the comparison bits of _case_key: the two closest codes.
+
+    (0,0,1) vs (1,1,0) gives a, (0,1,0) vs (1,0,1) gives b, and the closer of (1,0,0), (0,1,1) replaces the
+    further of a, b if it is closer still.
+    """
+    xy_far, xz_far, yz_far, a_le_b, a_lt_s, b_lt_s = ((bits >> k) & 1 for k in range(6))
+    a, b, point = (3 if xy_far else 4), (5 if xz_far else 2), (6 if yz_far else 1)
+    if a_le_b and a_lt_s:
+        a = point
+    elif not a_le_b and b_lt_s:
+        b = point
+    return a, b
+
+
+def _extra_tables(cases: list) -> tuple[torch.Tensor, ...]:
+    """Per case key, the two extra points as (2, K) tables: hash offset, z offset (int64), x, y, z shifts (float64).
+
+    A lattice offset o sits at o + (ox + oy + oz)/3 (1,1,1) in space (the squish), so its contribution's
+    displacement is d0 - o - sum(o)/3, with d0 the point's displacement from the super-cell origin.
+    """
+    offsets = torch.tensor(cases).permute(1, 2, 0)                                  # (2, 3, K)
+    shift = offsets.double() + offsets.sum(1, keepdim=True).double() * _SQUISH      # (2, 3, K)
+    xy = (offsets[:, 0] + 1) * _SIDE + offsets[:, 1] + 1                             # (2, K)
+    return xy.contiguous(), (offsets[:, 2] + 1).contiguous(), *(shift[:, axis].contiguous() for axis in range(3))
+
+
+# The super-cell (a stretched cube) splits by in_sum = xins + yins + zins into three regions: the
+# tetrahedra at (0,0,0) and (1,1,1) and the octahedron between. Per region: the corners its simplex sums,
+# grouped by their (x, y) offset (one hash lookup serves a group), and the extra points per case key.
+_REGIONS = (
+    {(0, 0): (0, 1), (1, 0): (0,), (0, 1): (0,)},                                   # in_sum <= 1
+    {(1, 1): (0, 1), (1, 0): (1,), (0, 1): (1,)},                                   # in_sum >= 2
+    {(1, 0): (0, 1), (0, 1): (0, 1), (0, 0): (1,), (1, 1): (0,)},                   # between
+)
+_EXTRAS = (
+    _extra_tables([_extra_vertices(0, *_tetra_case(bits)) for bits in range(128)]),
+    _extra_tables([_extra_vertices(1, 7 - c, q) for c, q in map(_tetra_case, range(128))]),
+    _extra_tables([_extra_vertices(2, *_octa_case(bits)) for bits in range(64)]),
+)
+
+
+@functools.lru_cache(maxsize=8)
+def _extras_on(device: torch.device) -> tuple[tuple[torch.Tensor, ...], ...]:
+    """_EXTRAS on a device, moved once."""
+    return tuple(tuple(t.to(device) for t in tables) for tables in _EXTRAS)
+
+
+def _bits(*conditions: torch.Tensor) -> torch.Tensor:
+    """sum_k 2^k condition_k (k < 8), summed in uint8 and returned as int64 indices."""
+    code = conditions[0].to(torch.uint8)
+    for k, condition in enumerate(conditions[1:], start=1):
+        code.add_(condition, alpha=1 << k)
+    return code.to(torch.int64)
+
+
+def _case_key(region: int, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, in_sum: torch.Tensor) -> torch.Tensor:
+    """Case key (n,) of the points of a region, at in-cell coordinates x, y, z: the comparisons the
+    package's branches make there, as bits (decoded by _tetra_case and _octa_case).
+
+    The tetrahedron at (1,1,1) is the one at (0,0,0) mirrored: its comparisons are those of
+    (-x, -y, -z, in_sum - 3), and its closest-vertex codes are the complements 7 - c.
+    """
+    if region == 0:
+        w = 1 - in_sum
+        return _bits(x < y, z > y, z > x, y > z, w > x, w > y, w > z)
+    if region == 1:
+        w = 3 - in_sum
+        return _bits(x > y, z < y, z < x, y < z, w < x, w < y, w < z)
+    p1, p2, p3 = x + y, x + z, y + z
+    a_score, b_score, score = (p1 - 1).abs_(), (p2 - 1).abs_(), (p3 - 1).abs_()
+    return _bits(p1 > 1, p2 > 1, p3 > 1, a_score <= b_score, a_score < score, b_score < score)
+
+
+def _lookup(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """table[index] for a 1-D table and an index tensor of any shape."""
+    return table.index_select(0, index.view(-1)).view(index.shape)
+
+
+def _region_terms(region: int, d0: tuple[torch.Tensor, ...], ins: tuple[torch.Tensor, ...],
+                  in_sum: torch.Tensor) -> tuple[dict, list]:
+    """The contributions at the n points of one region, all but their gradients: its simplex's corners and
+    the package's two extra points, each as the attenuation max(0, 2 - |d_v|^2)^4 and the displacement d_v.
+
+    d_v = d0 - v - (vx + vy + vz)/3. For a corner (v in {0,1}^3, s = vx + vy + vz) the attenuation's base is
+    2 - |d_v|^2 = F_s + 2 <d0, v>, F_s = 2 - |d0|^2 + (2s/3) sum(d0) - s - s^2. Returns the corners as
+    {(vx, vy): [(vz, attn4, d), ...]} (a group shares one hash lookup) and the extra points as
+    [(hash offset (n,), z offset (n,), attn4, d), ...].
+    """
+    dx0, dy0, dz0 = d0
+    dsum = dx0 + dy0 + dz0
+    f0 = (dx0 * dx0).addcmul_(dy0, dy0).addcmul_(dz0, dz0).neg_().add_(2)
+    f = [f0] + [torch.add(f0, dsum, alpha=2 * s / 3).sub_(s + s * s) for s in (1, 2, 3)]
+    shifted = {}                                                                     # (axis, o, s) -> d0 - o - s/3
+    corners = {}
+    for (ox, oy), ozs in _REGIONS[region].items():
+        for oz in ozs:
+            v, s = (ox, oy, oz), ox + oy + oz
+            along = [d0[axis] for axis in range(3) if v[axis]]                       # <d0, v> = their sum
+            attn = (f[0] if s == 0 else torch.add(f[3], dsum, alpha=2) if s == 3
+                    else torch.add(f[s], along[0] if s == 1 else along[0] + along[1], alpha=2))
+            for axis in range(3):
+                if (axis, v[axis], s) not in shifted:
+                    shifted[axis, v[axis], s] = d0[axis] - (v[axis] + s * _SQUISH)
+            d = tuple(shifted[axis, v[axis], s] for axis in range(3))
+            corners.setdefault((ox, oy), []).append((oz, attn.relu_().square_().square_(), d))
+
+    key = _case_key(region, *ins, in_sum)                                            # (n,)
+    extras = []
+    for xy, zo, *shift in zip(*_extras_on(dx0.device)[region]):                       # each extra point
+        d = tuple(torch.sub(d0[axis], shift[axis].index_select(0, key)) for axis in range(3))
+        attn = (d[0] * d[0]).addcmul_(d[1], d[1]).addcmul_(d[2], d[2]).neg_().add_(2)
+        extras.append((xy.index_select(0, key), zo.index_select(0, key), attn.relu_().square_().square_(), d))
+    return corners, extras
+
+
+def _sum_terms(terms: tuple[dict, list], hash_index: torch.Tensor, grad_index: torch.Tensor, hash2: torch.Tensor,
+               grads: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """103 x noise: the sum over _region_terms of attn4 <g_v, d_v> with the gradients g_v of G tables, whose
+    hash and gradient indices at the points are hash_index, grad_index (G, n). Returns (G, n) float64."""
+    corners, extras = terms
+    value = torch.zeros(grad_index.shape, dtype=grads[0].dtype, device=grad_index.device)  # (G, n)
+    for (ox, oy), group in corners.items():
+        hashed = grad_index + _lookup(hash2[(ox + 1) * _SIDE + oy + 1:], hash_index)  # (G, n)
+        for oz, attn4, d in group:
+            gx, gy, gz = (_lookup(g[oz + 1:], hashed) for g in grads)                # (G, n) each
+            value.addcmul_(attn4, gx.mul_(d[0]).addcmul_(gy, d[1]).addcmul_(gz, d[2]))
+    for xy, zo, attn4, d in extras:
+        index = (zo + grad_index).add_(_lookup(hash2, xy + hash_index))              # (G, n)
+        gx, gy, gz = (_lookup(g, index) for g in grads)
+        value.addcmul_(attn4, gx.mul_(d[0]).addcmul_(gy, d[1]).addcmul_(gz, d[2]))
+    return value
+
+
+def _floor(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """floor(v) as float64 and as int64 mod 256, exact for every finite float64.
+
+    Not torch.floor: on a CPU it may call a threaded vector library whose threads stall on a busy machine.
+    The int64 truncation is exact up to 2^62; beyond, every float is an integer and a multiple of 256.
+    """
+    clamped = v.clamp(-2.0 ** 62, 2.0 ** 62)
+    whole = clamped.to(torch.int64)                                                  # rounded toward zero
+    whole.add_(whole > clamped, alpha=-1)                                            # ... and down
+    return whole.to(torch.float64).add_(v - clamped), whole.bitwise_and_(255)
+
+
+def _noise3_chunk(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, table: torch.Tensor, hash2: torch.Tensor,
+                  grads: tuple[torch.Tensor, ...], group: int, out: torch.Tensor, weight: float) -> None:
+    """out (T, n) += weight x OpenSimplex 3D noise at flat float64 points (n,) with the tables `table`:
+    (T, 1), every table at every point (taken `group` tables at a time), or (1, n), one table per point.
+
+    noise = sum over the lattice points v the package selects of max(0, 2 - |d_v|^2)^4 <g_v, d_v> / 103,
+    d_v the point's displacement from v in space, g_v the gradient hashed from v's lattice coordinates.
+    Positions and branch decisions follow the package's float64 operations exactly; the points of each
+    region of the super-cell are gathered and summed together.
+    """
+    # Place input coordinates on the simplectic honeycomb; find the super-cell and the region in it.
+    stretch = (x + y + z).mul_(_STRETCH)                                             # (n,)
+    xs, ys, zs = x + stretch, y + stretch, z + stretch
+    (xsb, xm), (ysb, ym), (zsb, zm) = _floor(xs), _floor(ys), _floor(zs)
+    squish = (xsb + ysb + zsb).mul_(_SQUISH)
+    d0 = (x - (xsb + squish), y - (ysb + squish), z - (zsb + squish))
+    ins = (xs.sub_(xsb), ys.sub_(ysb), zs.sub_(zsb))
+    in_sum = ins[0] + ins[1] + ins[2]
+    tetra0, tetra1 = in_sum <= 1, in_sum >= 2
+    hash_base = xm.mul_(_SIDE).add_(ym)                                              # (n,) into hash2, table 0
+
+    regions = []                                                                     # (points, terms, hash, grad)
+    for region, mask in enumerate((tetra0, tetra1, ~(tetra0 | tetra1))):
+        points = mask.nonzero().squeeze(1)                                           # (m,)
+        if len(points):
+            terms = _region_terms(region, *[tuple(v.index_select(0, points) for v in vs) for vs in (d0, ins)],
+                                  in_sum.index_select(0, points))
+            regions.append((points, terms, hash_base.index_select(0, points), zm.index_select(0, points)))
+    for rows in range(0, table.shape[0], group):
+        value = torch.empty((min(group, table.shape[0] - rows), len(x)), dtype=x.dtype, device=x.device)  # (G, n)
+        for points, terms, hash_at, grad_at in regions:
+            t = table[rows:rows + group] if table.shape[1] == 1 else table.index_select(1, points)   # (G,1), (1,m)
+            value.index_copy_(1, points, _sum_terms(terms, hash_at + t * _HASH2, grad_at + t * _GRADS, hash2, grads))
+        out[rows:rows + group].add_(value.div_(_NORM), alpha=weight)
+
+
+def _accumulate(out: torch.Tensor, coords: Callable[[slice], tuple[torch.Tensor, ...]], hash2: torch.Tensor,
+                grads: torch.Tensor, weight: float = 1.0) -> None:
+    """out (T, N) float64 += weight x noise at N points, a piece at a time: coords(part) gives the piece's
+    float64 x, y, z (n,) and its tables, (T, 1) or (1, n) (see _noise3_chunk).
+
+    On a CPU every operation stays within torch's parallel grain (_CPU_CHUNK elements): it runs on one
+    thread, in cache, unaffected by thread stalls on a busy machine.
+    """
+    grads = tuple(grads)                                                             # gx, gy, gz
+    tables = out.shape[0]
+    if out.device.type == "cpu":
+        size = max(_CPU_CHUNK // tables, _CPU_CHUNK // 4)                             # points per piece
+        group = max(_CPU_CHUNK // size, 1)                                           # tables per pass
+    else:
+        size, group = max(_DEVICE_CHUNK // tables, 1), tables
+    for start in range(0, out.shape[1], size):
+        part = slice(start, min(start + size, out.shape[1]))
+        _noise3_chunk(*coords(part), hash2, grads, group, out[:, part], weight)
+
+
+def _arange(part: slice, device: torch.device) -> torch.Tensor:
+    """The flat indices of a piece, int64."""
+    return torch.arange(part.start, part.stop, device=device)
+
+
+def _coords(x, y, z) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.dtype, torch.device]:
+    """x, y, z as broadcast float64 tensors, with the result dtype (float inputs' promotion, else float64) and
+    the device (the first tensor's, else the CPU)."""
+    tensors = [v for v in (x, y, z) if isinstance(v, torch.Tensor)]
+    device = tensors[0].device if tensors else torch.device("cpu")
+    floats = [v.dtype for v in tensors if v.is_floating_point()]
+    dtype = floats[0] if floats else torch.float64
+    for other in floats[1:]:
+        dtype = torch.promote_types(dtype, other)
+    x, y, z = torch.broadcast_tensors(*(torch.as_tensor(v, dtype=torch.float64, device=device) for v in (x, y, z)))
+    return x, y, z, dtype, device
+
+
+@torch.no_grad()
+def noise3(x, y, z, seed: int) -> torch.Tensor:
+    """OpenSimplex 3D noise at coordinates x, y, z (tensors or numbers, broadcast together), equal to
+    opensimplex.OpenSimplex(seed).noise3(x, y, z) to 1e-6 for every int seed (in practice to ~1e-15).
+
+    Computed in float64 on the coordinates' device; returned in their floating dtype (float64 if none is).
+    """
+    x, y, z, dtype, device = _coords(x, y, z)
+    points = [v.reshape(-1) for v in (x, y, z)]
+    table = torch.zeros((1, 1), dtype=torch.int64, device=device)
+    out = torch.zeros((1, x.numel()), dtype=torch.float64, device=device)           # (1, N)
+    _accumulate(out, lambda part: (*(v[part] for v in points), table), *_seed_tables(_signed64(int(seed)), device))
+    return out.reshape(x.shape).to(dtype)
+
+
+@torch.no_grad()
+def noise3_batch(x, y, z, seeds: torch.Tensor) -> torch.Tensor:
+    """noise3 with one seed per sample: row b of the result is noise3(x[b], y[b], z[b], int(seeds[b])).
+
+    seeds: (B,) integers; x, y, z broadcast together to (B, ...) or (1, ...); in the second case the
+    points are the same for every sample and their geometry is computed once. The B permutation tables
+    are built together.
+    """
+    seeds = torch.as_tensor(seeds).reshape(-1)                                       # (B,)
+    x, y, z, dtype, device = _coords(x, y, z)
+    if x.dim() == 0 or x.shape[0] not in (1, len(seeds)):
+        raise ValueError(f"coordinates of shape {tuple(x.shape)} need a leading dimension of {len(seeds)} "
+                         f"(one per seed) or 1")
+    samples, n = len(seeds), x[0].numel()
+    hash2, grads = _tables(_permutations(seeds), device)
+    points = [v.reshape(-1) for v in (x, y, z)]                                      # (n,) or (B n,)
+    if x.shape[0] == 1:                                                              # shared points: (B, 1) tables
+        table = torch.arange(samples, device=device)[:, None]
+        out = torch.zeros((samples, n), dtype=torch.float64, device=device)         # (B, n)
+        _accumulate(out, lambda part: (*(v[part] for v in points), table), hash2, grads)
+    else:                                                                            # a table per point: (1, B n)
+        out = torch.zeros((1, samples * n), dtype=torch.float64, device=device)     # (1, B n)
+        _accumulate(out, lambda part: (*(v[part] for v in points), _arange(part, device)[None] // n), hash2, grads)
+    return out.reshape(samples, *x.shape[1:]).to(dtype)
+
+
+@torch.no_grad()
+def octave_noise(shape: tuple[int, int, int], seeds: torch.Tensor, cfg: NoiseConfig,
+                 z: torch.Tensor | float = 0.0, device=None) -> torch.Tensor:
+    """AnoDDPM's octave simplex noise on B slices' pixel grids, sample b with its own seed: (B, H, W) float32.
+
+    field_b(row, col) = sum_k persistence^k noise3(col f_k, row f_k, z_b f_k, seeds[b]),
+    f_k = frequency 2^k for k = 0..octaves-1; z_b (e.g. the timestep) is a float or a (B,) tensor. When
+    every z_b is equal the samples share their points' geometry. With cfg.standardize each field is then
+    rescaled to zero mean and unit (population) std.
+    """
+    b, h, w = shape
+    seeds = torch.as_tensor(seeds).reshape(-1)                                       # (B,)
+    if len(seeds) != b:
+        raise ValueError(f"octave_noise needs one seed per sample: got {len(seeds)} seeds for a batch of {b}")
+    z = torch.as_tensor(z, dtype=torch.float64).reshape(-1)                          # (B,) or (1,)
+    if len(z) not in (1, b):
+        raise ValueError(f"z must be a float or hold one value per sample ({b}), not {len(z)}")
+    device = torch.device("cpu" if device is None else device)
+    z = (z[:1] if bool((z == z[0]).all()) else z).to(device)                         # one z: shared points
+    hash2, grads = _tables(_permutations(seeds), device)
+    shared = len(z) == 1
+    field = torch.zeros((b, h * w) if shared else (1, b * h * w), dtype=torch.float64, device=device)
+    every_table = torch.arange(b, device=device)[:, None]                            # (B, 1)
+
+    for k in range(cfg.octaves):
+        f = cfg.frequency * 2.0 ** k
+
+        def coords(part: slice, f: float = f) -> tuple[torch.Tensor, ...]:
+            """Pixel coordinates of a piece of the (H W,) shared or (B H W,) per-sample points, and tables."""
+            index = _arange(part, device)                                            # (n,)
+            x, y = (index % w).double().mul_(f), (index // w % h).double().mul_(f)  # col f, row f
+            if shared:
+                return x, y, z.mul(f).expand_as(x), every_table
+            sample = index // (h * w)
+            return x, y, z.index_select(0, sample).mul_(f), sample[None]
+
+        _accumulate(field, coords, hash2, grads, weight=cfg.persistence ** k)
+    field = field.view(b, h, w)
+    if cfg.standardize:
+        std, mean = torch.std_mean(field, dim=(1, 2), correction=0, keepdim=True)   # (B, 1, 1)
+        field = (field - mean) / std.clamp_min(torch.finfo(torch.float64).tiny)
+    return field.float()
+
+
+def sample_noise(shape: tuple[int, int, int], cfg: NoiseConfig, generator: torch.Generator | None = None,
+                 seeds: torch.Tensor | None = None, z: torch.Tensor | float = 0.0, device=None) -> torch.Tensor:
+    """Fresh noise (B, H, W) float32 by cfg.kind: "simplex" is octave_noise with one seed per sample,
+    "gaussian" is N(0, 1) per pixel.
+
+    The random draws (the B seeds in [0, 2^31 - 1), or the Gaussian field) come from generator (a CPU
+    generator; torch's default one if None) on the CPU, so one generator seed gives the same noise on every
+    device. Explicit seeds (B,) replace the draw for simplex noise.
+    """
+    if cfg.kind == "gaussian":
+        return torch.randn(shape, generator=generator).to(device)
+    if seeds is None:
+        seeds = torch.randint(0, 2 ** 31 - 1, (shape[0],), generator=generator)     # (B,)
+    return octave_noise(shape, seeds, cfg, z=z, device=device)

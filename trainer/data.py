@@ -1,0 +1,309 @@
+"""Healthy training volumes: which files are used, the preprocessed-slice cache, and augmented slice batches.
+
+Which files are used (``find_volumes``):
+
+* ``--data`` takes folders (searched recursively), glob patterns (``**`` allowed) and files. Folders and
+  patterns yield every ``.nii`` / ``.nii.gz`` file in them except masks and label maps; a file named
+  exactly is always used.
+* Masks and label maps are recognised by their file name, split into lower-case tokens at every
+  character that is not a letter or digit (``brainmask_t1.nii.gz`` → ``brainmask``, ``t1``): a file is
+  skipped when a token contains ``mask``, ``seg``, ``label``, ``lesion`` or ``roi`` (brainmask, aseg,
+  gmwm_labels, ...), or is a tissue-map name: ``gm``, ``wm``, ``csf``, ``pve``, ``prob``, ``probseg``,
+  ``dseg``, ``tissue``.
+* Modality comes from the same tokens (``t1``, ``t1w``, ``mprage`` → t1; ``t2``, ``t2w`` → t2; ``flair``;
+  ``pd``; ``t1ce``, ``t1gd``, ``t1c`` → t1ce; BraTS-2023 ``t1n``, ``t2f``), looked up in the file name,
+  else in its folder's name. ``--modality`` keeps the files of that modality and those with no
+  modality token. Without it, files naming two or more modalities are refused: a model of healthy T1
+  and T2 at once learns neither. Intensity histograms are not compared.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import hashlib
+import json
+import math
+import os
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sss_viewer.core import volume as volume_module
+from sss_viewer.core.checkpoint import file_sha256
+from sss_viewer.core.config import PreprocessConfig, config_to_dict
+from sss_viewer.core.resources import cache_dir
+from sss_viewer.core.volume import NIFTI_SUFFIXES, load_volume, prepare
+
+CACHE_VERSION = 1            # bump when the cache layout changes
+MIN_SLICES = 16              # fewer usable slices in all volumes together is refused as too small
+SKIP_PARTS = ("mask", "seg", "label", "lesion", "roi")
+SKIP_TOKENS = frozenset({"gm", "wm", "csf", "pve", "prob", "probseg", "dseg", "tissue"})
+MODALITY_TOKENS = {
+    "t1": "t1", "t1w": "t1", "t1n": "t1", "mprage": "t1", "spgr": "t1",
+    "t2": "t2", "t2w": "t2",
+    "flair": "flair", "t2f": "flair",
+    "pd": "pd", "pdw": "pd",
+    "t1ce": "t1ce", "t1gd": "t1ce", "t1c": "t1ce", "t1post": "t1ce",
+}
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+class DataError(ValueError):
+    """Training data that cannot be used; the message names the files and what to do."""
+
+
+def name_tokens(name: str) -> list[str]:
+    """Lower-case alphanumeric tokens of a file name without its NIfTI suffix."""
+    lower = name.lower()
+    for suffix in NIFTI_SUFFIXES[::-1]:
+        if lower.endswith(suffix):
+            lower = lower[:-len(suffix)]
+            break
+    return [t for t in re.split(r"[^a-z0-9]+", lower) if t]
+
+
+def is_mask_or_label(path: str | os.PathLike) -> bool:
+    """True for file names that mark masks, segmentations, label or tissue-probability maps (module docstring)."""
+    return any(any(part in tok for part in SKIP_PARTS) or tok in SKIP_TOKENS for tok in name_tokens(Path(path).name))
+
+
+def modality_of(path: str | os.PathLike) -> str | None:
+    """Modality named by the file name's tokens, else by its folder's name; None when neither names one."""
+    p = Path(path)
+    for name in (p.name, p.parent.name):
+        found = {MODALITY_TOKENS[t] for t in name_tokens(name) if t in MODALITY_TOKENS}
+        if len(found) == 1:
+            return found.pop()
+    return None
+
+
+def normalise_modality(name: str) -> str:
+    """'T1w' → 't1' and so on; unknown names raise DataError listing the known ones."""
+    key = name.strip().lower()
+    if key not in MODALITY_TOKENS:
+        raise DataError(f"unknown modality {name!r}; use one of {', '.join(sorted(set(MODALITY_TOKENS.values())))}")
+    return MODALITY_TOKENS[key]
+
+
+def _is_nifti(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def _expand(spec: str) -> list[Path]:
+    """NIfTI files of one --data entry, masks and labels removed unless the file was named exactly."""
+    path = Path(spec).expanduser()
+    if _GLOB_CHARS.search(spec):
+        matches = [Path(m) for m in sorted(glob.glob(str(path), recursive=True))]
+        if not matches:
+            raise DataError(f"--data pattern {spec!r} matches nothing; check the path (quote it so the shell "
+                            "does not expand it)")
+        found = [f for m in matches for f in ([m] if m.is_file() else sorted(m.rglob("*"))) if _is_nifti(f)]
+    elif path.is_dir():
+        found = [f for f in sorted(path.rglob("*")) if _is_nifti(f)]
+    elif path.exists():
+        return [path]
+    else:
+        raise DataError(f"--data {spec} does not exist; give folders, files or glob patterns of healthy volumes")
+    kept = [f for f in found if not is_mask_or_label(f)]
+    if not kept:
+        skipped = ", ".join(f.name for f in found[:4]) + (", ..." if len(found) > 4 else "")
+        raise DataError(f"--data {spec}: no NIfTI volumes found" + (f" (skipped as masks/labels: {skipped})"
+                                                                    if found else "")
+                        + "; point it at the healthy scans (.nii/.nii.gz)")
+    return kept
+
+
+def find_volumes(specs: Sequence[str], modality: str | None = None) -> list[Path]:
+    """The training files for --data specs, by the rules in the module docstring; raises DataError."""
+    if not specs:
+        raise DataError("no --data given; pass folders, files or glob patterns of healthy volumes")
+    files, seen = [], set()
+    for spec in specs:
+        for f in _expand(str(spec)):
+            key = f.resolve()
+            if key not in seen:
+                seen.add(key)
+                files.append(f)
+    modalities = Counter(m for m in map(modality_of, files) if m is not None)
+    if modality is not None:
+        wanted = normalise_modality(modality)
+        files = [f for f in files if modality_of(f) in (wanted, None)]
+        if not files:
+            raise DataError(f"no {wanted} volumes among the --data files (found: "
+                            f"{', '.join(f'{n} {m}' for m, n in modalities.most_common())}); check --modality")
+    elif len(modalities) > 1:
+        counts = ", ".join(f"{n} {m}" for m, n in modalities.most_common())
+        raise DataError(f"--data mixes modalities ({counts}); train one model per modality, e.g. "
+                        f"--modality {modalities.most_common(1)[0][0]}")
+    return files
+
+
+@dataclass(frozen=True)
+class CachedVolume:
+    """One volume's usable axial slices in model space, memory-mapped from the cache."""
+    path: Path                 # source NIfTI file
+    sha256: str                # of the source file's bytes
+    slices: np.ndarray         # (n, S, S) float32 memmap: slices first_slice .. first_slice + n - 1, in [-1, 1]
+    first_slice: int           # index of slices[0] in the volume (ModelVolume.slice_range[0])
+    from_cache: bool           # False when this call preprocessed the file
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+
+@functools.cache
+def _code_digest() -> str:
+    """Digest of the preprocessing source (volume.py): editing it invalidates every cache entry."""
+    return file_sha256(volume_module.__file__)[:16]
+
+
+def cache_key(sha256: str, cfg: PreprocessConfig) -> str:
+    """Cache entry name: the file's content hash and a digest of the preprocessing (parameters and code)."""
+    params = json.dumps({"v": CACHE_VERSION, "cfg": config_to_dict(cfg), "code": _code_digest()}, sort_keys=True)
+    return f"{sha256[:32]}-{hashlib.sha256(params.encode()).hexdigest()[:16]}"
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call write(file object) on a temporary file beside path, fsync, then rename it over path."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _open_entry(npy: Path, meta: Path, cfg: PreprocessConfig) -> tuple[np.ndarray, int] | None:
+    """The memmapped slices and first slice of a complete cache entry, or None when absent or damaged."""
+    try:
+        info = json.loads(meta.read_text())
+        slices = np.load(npy, mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    size = cfg.image_size
+    if slices.dtype != np.float32 or slices.shape[1:] != (size, size) or list(slices.shape) != info.get("shape"):
+        return None
+    return slices, int(info["first_slice"])
+
+
+def cached_volume(path: str | os.PathLike, cfg: PreprocessConfig, folder: Path | None = None) -> CachedVolume:
+    """The volume's usable slices (ModelVolume.slice_range of ``prepare(load_volume(path), cfg)``), from the cache.
+
+    Entries live in ``folder`` (default: ``cache_dir() / "slices"``) as ``<key>.npy`` + ``<key>.json``,
+    key = ``cache_key`` (content hash + preprocessing), each written atomically, the .json last so it
+    marks a complete entry. A missing or damaged entry is rebuilt; entries of an older version of the
+    same file (same path and preprocessing, other content) are deleted. Raises VolumeError.
+    """
+    path = Path(path)
+    folder = cache_dir() / "slices" if folder is None else Path(folder)
+    sha = file_sha256(path)
+    key = cache_key(sha, cfg)
+    npy, meta = folder / f"{key}.npy", folder / f"{key}.json"
+    entry = _open_entry(npy, meta, cfg)
+    if entry is not None:
+        return CachedVolume(path=path, sha256=sha, slices=entry[0], first_slice=entry[1], from_cache=True)
+
+    model_volume = prepare(load_volume(path), cfg)
+    first, last = model_volume.slice_range
+    slices = np.ascontiguousarray(model_volume.data[first:last + 1], dtype=np.float32)   # (n, S, S)
+    folder.mkdir(parents=True, exist_ok=True)
+    source = str(path.resolve())
+    suffix = key.split("-", 1)[1]
+    for old in folder.glob(f"*-{suffix}.json"):            # same preprocessing, older content of this file
+        if old.name != meta.name:
+            try:
+                stale = json.loads(old.read_text()).get("source") == source
+            except (OSError, ValueError):
+                stale = False
+            if stale:
+                old.unlink(missing_ok=True)
+                old.with_suffix(".npy").unlink(missing_ok=True)
+    _atomic_write(npy, lambda f: np.save(f, slices))
+    info = {"source": source, "sha256": sha, "first_slice": first, "shape": list(slices.shape),
+            "preprocess": config_to_dict(cfg), "cache_version": CACHE_VERSION}
+    _atomic_write(meta, lambda f: f.write(json.dumps(info, indent=1).encode()))
+    return CachedVolume(path=path, sha256=sha, slices=np.load(npy, mmap_mode="r"), first_slice=first,
+                        from_cache=False)
+
+
+class SliceSet:
+    """All usable slices of the training volumes; draws batches as the paper does (random volume, random slice)."""
+
+    def __init__(self, volumes: Sequence[CachedVolume]):
+        self.volumes = list(volumes)
+        if not self.volumes:
+            raise DataError("no training volumes; pass folders, files or glob patterns of healthy volumes to --data")
+        self.lengths = torch.tensor([len(v) for v in self.volumes], dtype=torch.float64)   # (V,)
+        total = int(self.lengths.sum())
+        if total < MIN_SLICES:
+            raise DataError(f"the {len(self.volumes)} --data volume(s) give only {total} usable axial slices, "
+                            f"fewer than {MIN_SLICES}; add more healthy volumes")
+        self.image_size = self.volumes[0].slices.shape[-1]
+
+    @property
+    def n_slices(self) -> int:
+        return int(self.lengths.sum())
+
+    def sample(self, batch: int, generator: torch.Generator) -> torch.Tensor:
+        """A batch x0 (B, 1, S, S) on the CPU: per item a uniform volume, then a uniform slice in its brain range."""
+        vol = torch.randint(len(self.volumes), (batch,), generator=generator)                  # (B,)
+        pos = (torch.rand(batch, generator=generator, dtype=torch.float64) * self.lengths[vol]).long()  # (B,)
+        x0 = np.stack([self.volumes[v].slices[k] for v, k in zip(vol.tolist(), pos.tolist())])  # (B, S, S)
+        return torch.from_numpy(x0).unsqueeze(1)                                              # (B, 1, S, S)
+
+    def fixed_slices(self, count: int = 4) -> np.ndarray:
+        """count slices chosen once (spread over volumes, then positions) for previews: (count, S, S)."""
+        per_volume = math.ceil(count / len(self.volumes))
+        out = []
+        for i in range(count):
+            v = self.volumes[i % len(self.volumes)]
+            frac = (i // len(self.volumes) + 1) / (per_volume + 1)
+            out.append(np.asarray(v.slices[min(int(frac * len(v)), len(v) - 1)]))
+        return np.stack(out)                                                                   # (count, S, S)
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Light, anatomy-preserving augmentation; every item draws its own parameters."""
+    rotation_deg: float = 8.0     # rotation uniform in ±rotation_deg
+    scale: float = 0.05           # zoom uniform in 1 ± scale
+    shift_px: float = 3.0         # translation uniform in ±shift_px pixels per axis
+    flip: bool = True             # left-right mirror with probability 1/2 (brains are near-symmetric)
+    gamma: float = 1.25           # intensity gamma log-uniform in [1/gamma, gamma]
+    brightness: float = 0.1       # intensity factor uniform in 1 ± brightness (after gamma), clipped
+
+
+def augment(x0: torch.Tensor, generator: torch.Generator, aug: Augment = Augment()) -> torch.Tensor:
+    """Random affine + gamma on a batch in model space; background stays -1.
+
+    Geometry: output pixel p samples the input at R(θ) p / s + d (normalised coordinates, bilinear,
+    outside → -1), with x mirrored for flipped items. Intensity on u = (x + 1) / 2 in [0, 1]:
+    u' = clip(b · u^γ, 0, 1), so u = 0 (background, -1) stays 0. Parameters come from generator (CPU).
+    """
+    b, _, s, _ = x0.shape
+    u = torch.rand(b, 7, generator=generator, dtype=torch.float64) * 2 - 1                 # (B, 7) in [-1, 1)
+    angle = u[:, 0] * math.radians(aug.rotation_deg)
+    scale = 1 + u[:, 1] * aug.scale
+    shift = u[:, 2:4] * (2 * aug.shift_px / s)                                              # (B, 2) normalised
+    mirror = torch.where(u[:, 4] < 0, -1.0, 1.0) if aug.flip else torch.ones(b, dtype=torch.float64)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos * mirror, -sin, shift[:, 0]], 1),
+                         torch.stack([sin * mirror, cos, shift[:, 1]], 1)], 1)              # (B, 2, 3)
+    theta = theta.to(x0.device, x0.dtype)
+    grid = F.affine_grid(theta, list(x0.shape), align_corners=False)                      # (B, S, S, 2)
+    moved = F.grid_sample(x0 + 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False)  # (B, 1, S, S)
+    gamma = torch.exp(u[:, 5] * math.log(aug.gamma)).to(x0.device, x0.dtype).view(b, 1, 1, 1)
+    bright = (1 + u[:, 6] * aug.brightness).to(x0.device, x0.dtype).view(b, 1, 1, 1)
+    unit = (moved / 2).clamp(0, 1)                                                          # (B, 1, S, S) in [0, 1]
+    return (bright * unit.pow(gamma)).clamp(0, 1) * 2 - 1                                  # (B, 1, S, S)
