@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -11,13 +12,16 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from sss_viewer.core.resources import DEMO_MASK, DEMO_VOLUME
+from sss_viewer.core.anomaly import Detector, detect_volume
+from sss_viewer.core.checkpoint import load_checkpoint
+from sss_viewer.core.metrics import dice
+from sss_viewer.core.resources import DEMO_MASK, DEMO_VOLUME, resource
 from sss_viewer.core.simplex import noise3
-from sss_viewer.core.volume import VolumeError
+from sss_viewer.core.volume import VolumeError, load_mask, load_volume, prepare
 
 CENTRE_MM = (30.0, -12.0, 26.0)   # lesion centre in MNI RAS mm: right fronto-parietal white matter
 RADIUS_MM = 14.0                  # tumour (rim + core) mean radius
-CORE_FRACTION = 0.55              # necrotic core radius / tumour radius
+CORE_FRACTION = 0.75              # necrotic core radius / tumour radius
 OEDEMA_MM = 7.0                   # oedema reaches this far beyond the tumour
 MASS_EFFECT = 0.28                # fraction by which tissue near the centre is pushed outward
 SEED = 2009                       # fixed: the demo is rebuilt bit for bit
@@ -66,9 +70,10 @@ def build(template: Path) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
     rng = np.random.default_rng(SEED)
     texture = ndimage.gaussian_filter(rng.standard_normal(data.shape).astype(np.float32), 1.0) * 25
     out = warped.copy()
-    # T1 appearance: oedema darker than white matter, a bright enhancing-like rim, a CSF-dark necrotic core.
-    out[oedema] = 0.5 * warped[oedema] + 0.5 * (115 + texture[oedema])
-    out[rim] = 225 + texture[rim]
+    # T1 appearance: a CSF-dark necrotic core, a thin rim brighter than white matter, and oedema about as
+    # dark as grey matter that still shows some of the anatomy beneath it.
+    out[oedema] = 0.3 * warped[oedema] + 0.7 * (120 + texture[oedema])
+    out[rim] = 245 + 0.4 * texture[rim]
     out[core] = 45 + 0.6 * texture[core]
     out = np.where(brain, np.clip(out, 1, 255), 0)
     lesion = (tumour | oedema) & brain
@@ -87,14 +92,47 @@ def build(template: Path) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
     return volume, mask
 
 
+def check(checkpoint: Path, template: Path | None = None, volume: Path | None = None,
+          mask: Path | None = None) -> dict:
+    """Demo quality at the default settings (lambda 300, threshold 0.3, post-processing), in model space.
+
+    lesion_dice: mean slice-wise Dice of the mask on the slices that hold the lesion; healthy_flagged:
+    share of brain pixels flagged on the lesion-free template's brain slices (with `template`).
+    """
+    ckpt = load_checkpoint(checkpoint)
+    detector = Detector(ckpt.model, ckpt.preset, device="cpu")
+    vol = load_volume(volume or resource(DEMO_VOLUME))
+    mv = prepare(vol, ckpt.preset.preprocess)
+    truth = mv.mask_to_model(load_mask(mask or resource(DEMO_MASK), vol))    # (Z, S, S)
+    result = detect_volume(detector, mv)
+    lesion = [i for i, z in enumerate(result.slice_indices) if truth[z].any()]
+    per_slice = [dice(result.mask[i], truth[result.first_slice + i]) for i in lesion]
+    report = {"checkpoint": str(checkpoint), "step": ckpt.step, "lesion_slices": len(lesion),
+              "lesion_dice": float(np.mean(per_slice)), "lesion_dice_min": float(np.min(per_slice)),
+              "volume_dice": dice(result.mask, truth[result.slice_indices])}
+    if template is not None:
+        healthy = prepare(load_volume(template), ckpt.preset.preprocess)
+        clean = detect_volume(detector, healthy)
+        brain = healthy.brain_mask[clean.slice_indices]
+        report["healthy_flagged"] = float(clean.mask[brain].mean())
+        report["healthy_slices_with_findings"] = int(clean.mask.any(axis=(1, 2)).sum())
+        report["healthy_slices"] = len(clean.mask)
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.demo", description=__doc__)
     parser.add_argument("template", type=Path, help="MNI152 2009a T1 template (mni_icbm152_t1_tal_nlin_sym_09a)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "resources")
+    parser.add_argument("--check", type=Path, metavar="CKPT",
+                        help="instead of building, report the checkpoint's Dice on the demo and the template")
     args = parser.parse_args(argv)
     try:
+        if args.check:
+            print(json.dumps(check(args.check, args.template), indent=2))
+            return 0
         volume, mask = build(args.template)
-    except (OSError, VolumeError, nib.filebasedimages.ImageFileError) as e:
+    except (OSError, ValueError, nib.filebasedimages.ImageFileError) as e:
         print(f"demo: {e}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)

@@ -140,7 +140,7 @@ class Detector:
         done, total = 0, len(slices) * calls_per_slice
         for start in range(0, len(slices), self.batch_size):
             idx = indices[start:start + self.batch_size]
-            x0 = torch.from_numpy(np.ascontiguousarray(slices[start:start + len(idx)], np.float32))
+            x0 = torch.tensor(slices[start:start + len(idx)], dtype=torch.float32)  # a copy: inputs may be read-only
             x0 = x0.to(self.device, non_blocking=True).unsqueeze(1)          # (b, 1, S, S)
             seeds = slice_seeds(seed, idx, timestep)                          # (b,)
             if iterative:

@@ -462,10 +462,13 @@ def sample_noise(shape: tuple[int, int, int], cfg: NoiseConfig, generator: torch
 
     The random draws (the B seeds in [0, 2^31 - 1), or the Gaussian field) come from generator (a CPU
     generator; torch's default one if None) on the CPU, so one generator seed gives the same noise on every
-    device. Explicit seeds (B,) replace the draw for simplex noise.
+    device. Explicit seeds (B,) replace the draw: one simplex field, or one Gaussian field, per seed.
     """
     if cfg.kind == "gaussian":
-        return torch.randn(shape, generator=generator).to(device)
+        if seeds is None:
+            return torch.randn(shape, generator=generator).to(device)
+        return torch.stack([torch.randn(shape[1:], generator=torch.Generator().manual_seed(int(s)))
+                            for s in torch.as_tensor(seeds).reshape(-1)]).to(device)  # (B, H, W), one seed each
     if seeds is None:
         seeds = torch.randint(0, 2 ** 31 - 1, (shape[0],), generator=generator)     # (B,)
     return octave_noise(shape, seeds, cfg, z=z, device=device)
