@@ -21,3 +21,30 @@ def real_data() -> Path:
 def tiny_preset():
     from sss_viewer.core.config import PRESETS
     return PRESETS["tiny"]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """Factory: tiny_checkpoint(preprocess, step=..) saves a tiny-preset checkpoint and returns its path.
+
+    The weights are perturbed from a fixed seed (a fresh UNet's zeroed output layer would predict eps = 0);
+    Gaussian noise keeps the tests fast.
+    """
+    import torch
+
+    from sss_viewer.core.checkpoint import save_checkpoint
+    from sss_viewer.core.config import PRESETS, NoiseConfig, Preset
+    from sss_viewer.core.unet import UNet
+
+    def make(preprocess, step: int = 0, provenance: str = "") -> Path:
+        preset = Preset(model=PRESETS["tiny"].model, noise=NoiseConfig(kind="gaussian"), preprocess=preprocess)
+        torch.manual_seed(0)
+        model = UNet(preset.model)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+        save_checkpoint(path, preset, model.state_dict(), step=step, provenance=provenance)
+        return path
+
+    return make

@@ -11,27 +11,17 @@ import torch
 from scipy import ndimage
 
 from sss_viewer.cli import detect
-from sss_viewer.core.checkpoint import LoadedCheckpoint, save_checkpoint
+from sss_viewer.core import checkpoint as checkpoint_module
+from sss_viewer.core.checkpoint import LoadedCheckpoint
 from sss_viewer.core.config import PRESETS, NoiseConfig, Preset, PreprocessConfig
 from sss_viewer.core.diffusion import Diffusion
-from sss_viewer.core.unet import UNet
 
 LAS_1MM2 = np.diag([-1.0, 1.0, 2.0, 1.0])  # x flipped (L), 2 mm slices
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """A tiny-preset checkpoint with perturbed weights; Gaussian noise keeps the tests fast."""
-    preset = Preset(model=PRESETS["tiny"].model, noise=NoiseConfig(kind="gaussian"),
-                    preprocess=PRESETS["tiny"].preprocess)
-    torch.manual_seed(0)
-    model = UNet(preset.model)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_checkpoint(path, preset, model.state_dict(), step=7, provenance="test")
-    return path
+def checkpoint(tiny_checkpoint) -> Path:
+    return tiny_checkpoint(PRESETS["tiny"].preprocess, step=7, provenance="test")
 
 
 def brain_volume(shape=(26, 30, 8)) -> np.ndarray:
@@ -131,7 +121,7 @@ def test_oracle_finds_the_cube_exactly(tmp_path, monkeypatch, capsys):
     abar = Diffusion(preset.diffusion, preset.noise).alphas_cumprod.float()
     fake = LoadedCheckpoint(model=Oracle(abar), preset=preset, step=0, provenance="", path=tmp_path / "oracle.pt",
                             sha256="0" * 64)
-    monkeypatch.setattr(detect, "load_checkpoint", lambda path: fake)
+    monkeypatch.setattr(checkpoint_module, "load_checkpoint", lambda path: fake)
     status, _ = run([src, "--out", tmp_path / "out", "--checkpoint", "unused.pt", "--device", "cpu",
                      "--no-postprocess"], capsys)
     assert status == 0

@@ -9,14 +9,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from sss_viewer.core.anomaly import Reconstruction
-from sss_viewer.core.checkpoint import save_checkpoint
-from sss_viewer.core.config import PRESETS, NoiseConfig, Preset, PreprocessConfig
-from sss_viewer.core.unet import UNet
+from sss_viewer.core.config import PreprocessConfig
 from trainer import evaluate as ev
 from trainer import figures
+from trainer.png import write_png
 
 NO_MARGIN = PreprocessConfig(image_size=32, margin=0.0)  # 32 mm brain box: 1 mm model pixels, canonical flipped
 
@@ -135,16 +133,8 @@ def test_oracle_metrics_are_exactly_as_hand_computed(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    preset = Preset(model=PRESETS["tiny"].model, noise=NoiseConfig(kind="gaussian"), preprocess=NO_MARGIN)
-    torch.manual_seed(0)
-    model = UNet(preset.model)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_checkpoint(path, preset, model.state_dict(), step=11)
-    return path
+def checkpoint(tiny_checkpoint) -> Path:
+    return tiny_checkpoint(NO_MARGIN, step=11)
 
 
 def read_png(path: Path) -> np.ndarray:
@@ -168,7 +158,7 @@ def read_png(path: Path) -> np.ndarray:
 
 def test_png_round_trip_and_inferno_ends(tmp_path):
     rgb = np.random.default_rng(0).integers(0, 256, (7, 5, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(read_png(figures.write_png(tmp_path / "x.png", rgb)), rgb)
+    np.testing.assert_array_equal(read_png(write_png(tmp_path / "x.png", rgb)), rgb)
     ramp = figures.inferno(np.array([[-1.0, 0.0, 0.5, 1.0, 9.0]]))
     assert ramp[0, 0].tolist() == [0, 0, 4] == ramp[0, 1].tolist() and ramp[0, 2].tolist() == [188, 55, 84]
     assert ramp[0, 3].tolist() == [252, 255, 164] == ramp[0, 4].tolist()

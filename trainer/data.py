@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from sss_viewer.core import volume as volume_module
 from sss_viewer.core.checkpoint import file_sha256
 from sss_viewer.core.config import PreprocessConfig, config_to_dict
+from sss_viewer.core.files import atomic_write
 from sss_viewer.core.resources import cache_dir
 from sss_viewer.core.volume import NIFTI_SUFFIXES, load_volume, prepare
 
@@ -170,20 +171,6 @@ def cache_key(sha256: str, cfg: PreprocessConfig) -> str:
     return f"{sha256[:32]}-{hashlib.sha256(params.encode()).hexdigest()[:16]}"
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call write(file object) on a temporary file beside path, fsync, then rename it over path."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _open_entry(npy: Path, meta: Path, cfg: PreprocessConfig) -> tuple[np.ndarray, int] | None:
     """The memmapped slices and first slice of a complete cache entry, or None when absent or damaged."""
     try:
@@ -229,10 +216,10 @@ def cached_volume(path: str | os.PathLike, cfg: PreprocessConfig, folder: Path |
             if stale:
                 old.unlink(missing_ok=True)
                 old.with_suffix(".npy").unlink(missing_ok=True)
-    _atomic_write(npy, lambda f: np.save(f, slices))
+    atomic_write(npy, lambda f: np.save(f, slices))
     info = {"source": source, "sha256": sha, "first_slice": first, "shape": list(slices.shape),
             "preprocess": config_to_dict(cfg), "cache_version": CACHE_VERSION}
-    _atomic_write(meta, lambda f: f.write(json.dumps(info, indent=1).encode()))
+    atomic_write(meta, lambda f: f.write(json.dumps(info, indent=1).encode()))
     return CachedVolume(path=path, sha256=sha, slices=np.load(npy, mmap_mode="r"), first_slice=first,
                         from_cache=False)
 

@@ -8,7 +8,6 @@ import json
 import math
 import os
 import platform
-import secrets
 import sys
 import time
 from collections.abc import Sequence
@@ -20,15 +19,15 @@ import torch
 from tqdm import tqdm
 
 import sss_viewer
-from sss_viewer.core import resources
-from sss_viewer.core.anomaly import (CONSENSUS_TIMESTEPS, DEFAULT_THRESHOLD, Detector, PostProcess, consensus_mask,
-                                     make_mask)
-from sss_viewer.core.checkpoint import CheckpointError, load_checkpoint, preset_to_dict
+from sss_viewer.core.anomaly import CONSENSUS_TIMESTEPS, DEFAULT_THRESHOLD, PostProcess, consensus_mask, make_mask
+from sss_viewer.core.checkpoint import load_detector, preset_to_dict
 from sss_viewer.core.config import PreprocessConfig
+from sss_viewer.core.files import atomic_write_text
 from sss_viewer.core.metrics import all_metrics, dice
 from sss_viewer.core.volume import ModelVolume, load_mask, load_volume, prepare
 
 from . import figures
+from .png import upscale, write_png
 
 EXIT_BAD_INPUT = 2
 SLICES_PER_VOLUME = 4                                   # the paper: four equidistant slices per volume
@@ -343,17 +342,6 @@ def evaluate(detector, cases: Sequence[Case], methods: Sequence[Method], thresho
 
 # ----------------------------------------------------------------------------------------------- outputs
 
-def _write_text(path: Path, text: str) -> None:
-    """Write atomically: a temporary file beside path, then rename."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _fmt(value: float, digits: int = 3) -> str:
     return "nan" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
@@ -446,7 +434,7 @@ def figure(ev: Evaluation) -> np.ndarray:
         panels = [figures.grey(x0), figures.grey(r.runs[m.keys()[0]].recon[i]),
                   figures.inferno(m.heat(errors)[i], 0.0, FIGURE_HEAT_MAX), figures.mask_panel(pred),
                   figures.overlay(x0, r.case.truth[z], pred)]
-        rows.append([figures.upscale(p, factor) for p in panels])
+        rows.append([upscale(p, factor) for p in panels])
         labels.append(f"{r.case.name} slice {z}")
     titles = ["original", "reconstruction", "heat map", "predicted mask", "truth overlay"]
     return figures.panel_grid(rows, titles, labels, title=f"{m.name}  threshold {ev.threshold:g}")
@@ -477,10 +465,10 @@ def write_results(ev: Evaluation, out_dir: str | os.PathLike, meta: dict, source
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "table.csv", out / "table.md", out / "extra.json", out / "figure.png"]
-    _write_text(paths[0], table_csv(ev))
-    _write_text(paths[1], table_md(ev, source))
-    _write_text(paths[2], json.dumps(extra_json(ev, meta), indent=2, allow_nan=True) + "\n")
-    figures.write_png(paths[3], figure(ev))
+    atomic_write_text(paths[0], table_csv(ev))
+    atomic_write_text(paths[1], table_md(ev, source))
+    atomic_write_text(paths[2], json.dumps(extra_json(ev, meta), indent=2, allow_nan=True) + "\n")
+    write_png(paths[3], figure(ev))
     return paths
 
 
@@ -539,13 +527,8 @@ def main(argv: list[str] | None = None) -> int:
     except EvalError as err:
         return fail(err)
     try:
-        ckpt = load_checkpoint(args.checkpoint or resources.default_checkpoint())
-        detector = Detector(ckpt.model, ckpt.preset, args.device)
-    except FileNotFoundError as err:  # no default checkpoint; the message says what to do
-        return fail(err)
-    except CheckpointError as err:
-        return fail(f"{err}; pass a checkpoint made by sss-train with --checkpoint")
-    except ValueError as err:  # the device
+        ckpt, detector = load_detector(args.checkpoint, args.device)
+    except ValueError as err:  # CheckpointError or the device
         return fail(err)
     too_far = sorted({t for m in args.methods for t in m.timesteps if t >= ckpt.preset.diffusion.timesteps})
     if too_far:
@@ -565,7 +548,6 @@ def main(argv: list[str] | None = None) -> int:
     if status:
         return status
 
-    torch.manual_seed(args.seed)  # Gaussian noise draws from the global generator: same seed, same tables
     evaluation = evaluate(detector, cases, args.methods, args.threshold, args.seed, healthy)
     meta = {"manifest": str(args.manifest.resolve()), "modality": args.modality,
             "checkpoint": {"path": str(ckpt.path.resolve()), "sha256": ckpt.sha256, "step": ckpt.step,

@@ -1,4 +1,4 @@
-"""Tiny PNG output without Qt or matplotlib: an encoder, image grids, a 3×5 pixel font and a loss plot."""
+"""PNG output without Qt or matplotlib: an atomic encoder/writer, image grids, a 5×7 pixel font and a loss plot."""
 
 from __future__ import annotations
 
@@ -11,19 +11,29 @@ from pathlib import Path
 
 import numpy as np
 
-# 3×5 glyphs, one int per row, bit 2 = left column. Text is drawn upper-case; unknown characters are blank.
-_FONT = {
-    "0": (7, 5, 5, 5, 7), "1": (2, 6, 2, 2, 7), "2": (7, 1, 7, 4, 7), "3": (7, 1, 3, 1, 7), "4": (5, 5, 7, 1, 1),
-    "5": (7, 4, 7, 1, 7), "6": (7, 4, 7, 5, 7), "7": (7, 1, 1, 2, 2), "8": (7, 5, 7, 5, 7), "9": (7, 5, 7, 1, 7),
-    "A": (2, 5, 7, 5, 5), "B": (6, 5, 6, 5, 6), "C": (3, 4, 4, 4, 3), "D": (6, 5, 5, 5, 6), "E": (7, 4, 6, 4, 7),
-    "F": (7, 4, 6, 4, 4), "G": (3, 4, 5, 5, 3), "H": (5, 5, 7, 5, 5), "I": (7, 2, 2, 2, 7), "J": (1, 1, 1, 5, 2),
-    "K": (5, 5, 6, 5, 5), "L": (4, 4, 4, 4, 7), "M": (5, 7, 7, 5, 5), "N": (6, 5, 5, 5, 5), "O": (2, 5, 5, 5, 2),
-    "P": (6, 5, 6, 4, 4), "Q": (2, 5, 5, 6, 3), "R": (6, 5, 6, 5, 5), "S": (3, 4, 2, 1, 6), "T": (7, 2, 2, 2, 2),
-    "U": (5, 5, 5, 5, 7), "V": (5, 5, 5, 5, 2), "W": (5, 5, 7, 7, 5), "X": (5, 5, 2, 5, 5), "Y": (5, 5, 2, 2, 2),
-    "Z": (7, 1, 2, 4, 7), ".": (0, 0, 0, 0, 2), "-": (0, 0, 7, 0, 0), "=": (0, 7, 0, 7, 0), ":": (0, 2, 0, 2, 0),
-    "/": (1, 1, 2, 4, 4), "+": (0, 2, 7, 2, 0), "(": (1, 2, 2, 2, 1), ")": (4, 2, 2, 2, 4), "%": (5, 1, 2, 4, 5),
-    "^": (2, 5, 0, 0, 0), "_": (0, 0, 0, 0, 7), ",": (0, 0, 0, 2, 4),
+from sss_viewer.core.files import atomic_write_bytes
+
+# 5×7 glyphs: per character 7 rows of 5 bits (bit 4 = leftmost pixel) as 14 hex digits. Text is drawn
+# upper-case; a character without a glyph shows as '?'.
+_FONT_HEX = {
+    "A": "0e11111f111111", "B": "1e11111e11111e", "C": "0e11101010110e", "D": "1e11111111111e",
+    "E": "1f10101e10101f", "F": "1f10101e101010", "G": "0e11101711110f", "H": "1111111f111111",
+    "I": "0e04040404040e", "J": "0702020202120c", "K": "11121418141211", "L": "1010101010101f",
+    "M": "111b1515111111", "N": "11111915131111", "O": "0e11111111110e", "P": "1e11111e101010",
+    "Q": "0e11111115120d", "R": "1e11111e141211", "S": "0f10100e01011e", "T": "1f040404040404",
+    "U": "1111111111110e", "V": "11111111110a04", "W": "1111111515150a", "X": "11110a040a1111",
+    "Y": "11110a04040404", "Z": "1f01020408101f",
+    "0": "0e11131519110e", "1": "040c040404040e", "2": "0e11010204081f", "3": "1f02040201110e",
+    "4": "02060a121f0202", "5": "1f101e0101110e", "6": "0608101e11110e", "7": "1f010204080808",
+    "8": "0e11110e11110e", "9": "0e11110f01020c",
+    " ": "00000000000000", "-": "0000001f000000", "_": "0000000000001f", ".": "00000000000c0c",
+    ",": "000000000c0408", ":": "000c0c000c0c00", "=": "00001f001f0000", "+": "0004041f040400",
+    "/": "00010204081000", "(": "02040808080402", ")": "08040202020408", "%": "18190204081303",
+    "^": "040a1100000000", "?": "0e110102040004",
 }
+GLYPH_W, GLYPH_H = 5, 7
+_GLYPHS = {ch: np.array([[row >> (GLYPH_W - 1 - i) & 1 for i in range(GLYPH_W)] for row in bytes.fromhex(code)], bool)
+           for ch, code in _FONT_HEX.items()}                                       # each (7, 5)
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -46,16 +56,7 @@ def encode_png(image: np.ndarray) -> bytes:
 
 def write_png(path: str | os.PathLike, image: np.ndarray) -> Path:
     """Write image (see encode_png) to path atomically: a temporary file in the same folder, then a rename."""
-    path = Path(path)
-    data = encode_png(image)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_bytes(path, encode_png(image))
 
 
 def to_uint8(image: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -77,27 +78,35 @@ def grid(images: Sequence[np.ndarray], columns: int, pad: int = 2, fill: int = 0
     return canvas
 
 
+def upscale(image: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour enlargement of an (H, W) or (H, W, 3) image by an integer factor (pixels stay crisp)."""
+    return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+
+
 def with_header(body: np.ndarray, title: str, labels: Sequence[str], column: int, pad: int) -> np.ndarray:
     """body (a grid of `column`-wide tiles, `pad` apart) under a black band: the title, then a label per column."""
-    band = np.zeros((22, *body.shape[1:]), np.uint8)                    # (22, W[, 3])
+    band = np.zeros((2 * GLYPH_H + 9, *body.shape[1:]), np.uint8)              # (23, W[, 3])
     draw_text(band, pad, 3, title, 255)
     for i, label in enumerate(labels):
-        draw_text(band, pad + i * (column + pad) + max(0, (column - text_width(label)) // 2), 13, label, 255)
+        draw_text(band, pad + i * (column + pad) + max(0, (column - text_width(label)) // 2), GLYPH_H + 6, label, 255)
     return np.concatenate([band, body], axis=0)
 
 
 def text_width(text: str, scale: int = 1) -> int:
-    return max(0, 4 * len(text) - 1) * scale
+    """Width in pixels of text drawn at scale (one blank font column between characters)."""
+    return max(0, len(text) * (GLYPH_W + 1) - 1) * scale
 
 
 def draw_text(canvas: np.ndarray, x: int, y: int, text: str, colour, scale: int = 1) -> None:
-    """Draw text with the 3×5 font, top-left corner at column x, row y, each font pixel scale × scale."""
+    """Draw text with the 5×7 font into canvas (H, W[, 3]) in place: top-left corner at column x, row y, each
+    font pixel scale × scale, clipped at the canvas edges."""
     for i, ch in enumerate(text.upper()):
-        for r, bits in enumerate(_FONT.get(ch, (0, 0, 0, 0, 0))):
-            for c in range(3):
-                if bits >> (2 - c) & 1:
-                    y0, x0 = y + r * scale, x + (4 * i + c) * scale
-                    canvas[max(y0, 0):max(y0 + scale, 0), max(x0, 0):max(x0 + scale, 0)] = colour
+        glyph = upscale(_GLYPHS.get(ch, _GLYPHS["?"]), scale)                       # (7 s, 5 s)
+        top, left = y, x + i * (GLYPH_W + 1) * scale
+        y0, x0 = max(top, 0), max(left, 0)
+        y1, x1 = min(top + glyph.shape[0], canvas.shape[0]), min(left + glyph.shape[1], canvas.shape[1])
+        if y1 > y0 and x1 > x0:
+            canvas[y0:y1, x0:x1][glyph[y0 - top:y1 - top, x0 - left:x1 - left]] = colour
 
 
 def draw_polyline(canvas: np.ndarray, xs: np.ndarray, ys: np.ndarray, colour) -> None:
@@ -141,7 +150,7 @@ def plot_loss(log_path: str | os.PathLike, png_path: str | os.PathLike, width: i
     smooth = (csum[hi] - csum[lo]) / (hi - lo)
 
     canvas = np.full((height, width, 3), 255, np.uint8)
-    left, right, top, bottom = 56, width - 16, 24, height - 28
+    left, right, top, bottom = 64, width - 16, 24, height - 28
     x_lo, x_hi = (x[0], x[-1]) if x[-1] > x[0] else (x[0] - 1, x[0] + 1)
     y_lo, y_hi = (y.min(), y.max()) if y.max() > y.min() else (y.min() - 0.5, y.max() + 0.5)
     y_lo, y_hi = y_lo - 0.05 * (y_hi - y_lo), y_hi + 0.05 * (y_hi - y_lo)
@@ -157,7 +166,7 @@ def plot_loss(log_path: str | os.PathLike, png_path: str | os.PathLike, width: i
         v = y_lo + frac * (y_hi - y_lo)
         draw_polyline(canvas, np.array([left, right]), np.array([py(v)] * 2), (232, 232, 232))
         label = _label(10 ** v)
-        draw_text(canvas, left - 6 - text_width(label), int(py(v)) - 2, label, dark)
+        draw_text(canvas, left - 6 - text_width(label), int(py(v)) - GLYPH_H // 2, label, dark)
     for frac in np.linspace(0, 1, 5):                                   # x labels
         v = x_lo + frac * (x_hi - x_lo)
         label = str(int(round(v)))

@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import platform
-import secrets
 import sys
 import time
 from dataclasses import dataclass
@@ -18,10 +17,10 @@ import torch
 from tqdm import tqdm
 
 import sss_viewer
-from sss_viewer.core import resources
 from sss_viewer.core.anomaly import (CONSENSUS_TIMESTEPS, DEFAULT_THRESHOLD, DEFAULT_TIMESTEP, Detector, PostProcess,
                                      detect_volume)
-from sss_viewer.core.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint, preset_to_dict
+from sss_viewer.core.checkpoint import LoadedCheckpoint, load_detector, preset_to_dict
+from sss_viewer.core.files import atomic_write_text
 from sss_viewer.core.volume import NIFTI_SUFFIXES, load_volume, prepare, write_nifti
 
 EXIT_BAD_INPUT = 2
@@ -122,17 +121,6 @@ def plan_outputs(inputs: list[Path], out_dir: Path) -> list[tuple[Path, Outputs 
     return plan
 
 
-def write_json(data: dict, path: Path) -> None:
-    """Write JSON to a temporary file beside path, then rename: no partial file on failure."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def versions() -> dict[str, str]:
     return {"sss_viewer": sss_viewer.__version__, "python": platform.python_version(), "torch": torch.__version__,
             "numpy": np.__version__, "nibabel": nib.__version__}
@@ -189,7 +177,7 @@ def process(path: Path, outs: Outputs, detector: Detector, ckpt: LoadedCheckpoin
             "lesion_volume_ml": n_voxels * volume.voxel_volume_ml,
             "versions": versions(),
         }
-        write_json(report, outs.report)
+        atomic_write_text(outs.report, json.dumps(report, indent=2) + "\n")
         written.append(outs.report)
     except BaseException:
         for p in written:
@@ -214,15 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.exists() and not args.out.is_dir():
         return fail(f"--out {args.out} is a file; give a folder")
     try:
-        ckpt_path = args.checkpoint or resources.default_checkpoint()
-        ckpt = load_checkpoint(ckpt_path)
-        detector = Detector(ckpt.model, ckpt.preset, args.device, batch_size=args.batch_size)
-    except FileNotFoundError as err:  # no default checkpoint; the message says what to do
+        ckpt, detector = load_detector(args.checkpoint, args.device, args.batch_size)
+    except ValueError as err:  # CheckpointError or the device
         return fail(err)
-    except CheckpointError as err:
-        return fail(f"{err}; pass a checkpoint made by sss-train with --checkpoint")
-    except ValueError as err:  # the device
-        return fail(str(err))
     bad_t = [t for t in timesteps if not 0 <= t < ckpt.preset.diffusion.timesteps]
     if bad_t:
         return fail(f"timestep(s) {bad_t} outside [0, {ckpt.preset.diffusion.timesteps}); pick values in 250-400")
@@ -239,7 +221,6 @@ def main(argv: list[str] | None = None) -> int:
             status = fail(outs)
             continue
         try:
-            torch.manual_seed(args.seed)  # Gaussian noise draws from the global generator: same seed, same result
             report = process(path, outs, detector, ckpt, args, timesteps, pp)
         except ValueError as err:  # VolumeError: the message names the file
             status = fail(err)

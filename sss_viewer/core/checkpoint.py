@@ -5,14 +5,16 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from . import resources
+from .anomaly import Detector
 from .config import DiffusionConfig, ModelConfig, NoiseConfig, Preset, PreprocessConfig, config_from_dict, config_to_dict
+from .files import atomic_write
 from .unet import UNet
 
 FORMAT = "sss-viewer-checkpoint"
@@ -51,17 +53,7 @@ def preset_from_dict(data: dict) -> Preset:
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """torch.save to a temporary file beside path, then rename: a crash never leaves a half file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def save_checkpoint(path: str | os.PathLike, preset: Preset, ema_state: dict[str, torch.Tensor], step: int,
@@ -118,3 +110,21 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     return LoadedCheckpoint(model=model, preset=preset, step=int(payload.get("step", 0)),
                             provenance=str(payload.get("provenance", "")), path=Path(path),
                             sha256=file_sha256(path))
+
+
+def load_detector(checkpoint: str | os.PathLike | None, device: str = "auto",
+                  batch_size: int = 16) -> tuple[LoadedCheckpoint, Detector]:
+    """The checkpoint (None: resources.default_checkpoint()) and a Detector running it on device.
+
+    Raises CheckpointError when there is no usable checkpoint and ValueError for an unusable device,
+    each with a one-line message that says what to do.
+    """
+    try:
+        path = resources.default_checkpoint() if checkpoint is None else checkpoint
+    except FileNotFoundError as err:  # no default checkpoint; the message says what to do
+        raise CheckpointError(str(err)) from err
+    try:
+        ckpt = load_checkpoint(path)
+    except CheckpointError as err:
+        raise CheckpointError(f"{err}; pass a checkpoint made by sss-train with --checkpoint") from err
+    return ckpt, Detector(ckpt.model, ckpt.preset, device, batch_size=batch_size)
