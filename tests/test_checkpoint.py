@@ -21,7 +21,7 @@ def make_checkpoint(path, preset):
 
 def test_round_trip_is_bit_exact_and_keeps_configs(tmp_path, tiny_preset):
     preset = Preset(model=tiny_preset.model, preprocess=tiny_preset.preprocess,
-                    noise=NoiseConfig(standardize=False, octaves=4))
+                    noise=NoiseConfig(standardize=True, octaves=4))
     model = make_checkpoint(tmp_path / "m.pt", preset).eval()
     loaded = load_checkpoint(tmp_path / "m.pt")
     assert loaded.preset == preset and loaded.step == 42 and loaded.provenance == "unit test"

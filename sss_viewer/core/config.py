@@ -39,7 +39,7 @@ class NoiseConfig:
     octaves: int = 6             # number of simplex octaves summed
     frequency: float = 2.0 ** -6  # first octave's spatial frequency (coordinates / 64)
     persistence: float = 0.8     # amplitude factor from one octave to the next
-    standardize: bool = True     # rescale each field to zero mean, unit std (AnoDDPM did not: std ~0.5)
+    standardize: bool = False    # rescale each field to zero mean, unit std; off as in AnoDDPM and the paper (std ~0.5)
 
     def __post_init__(self) -> None:
         if self.kind not in ("simplex", "gaussian"):
