@@ -96,8 +96,10 @@ def check(checkpoint: Path, template: Path | None = None, volume: Path | None = 
           mask: Path | None = None) -> dict:
     """Demo quality at the default settings (lambda 300, threshold 0.3, post-processing), in model space.
 
-    lesion_dice: mean slice-wise Dice of the mask on the slices that hold the lesion; healthy_flagged:
-    share of brain pixels flagged on the lesion-free template's brain slices (with `template`).
+    lesion_dice: mean slice-wise Dice of the mask on the slices that hold the lesion; lesion_slices_hit:
+    share of those slices where the mask touches the lesion; score_lesion_vs_other: mean per-slice
+    anomaly score on lesion slices over that on the other brain slices; healthy_flagged: share of
+    brain pixels flagged on the lesion-free template's brain slices (with `template`).
     """
     ckpt = load_checkpoint(checkpoint)
     detector = Detector(ckpt.model, ckpt.preset, device="cpu")
@@ -107,9 +109,13 @@ def check(checkpoint: Path, template: Path | None = None, volume: Path | None = 
     result = detect_volume(detector, mv)
     lesion = [i for i, z in enumerate(result.slice_indices) if truth[z].any()]
     per_slice = [dice(result.mask[i], truth[result.first_slice + i]) for i in lesion]
+    others = [i for i in range(len(result.scores)) if i not in set(lesion)]
     report = {"checkpoint": str(checkpoint), "step": ckpt.step, "lesion_slices": len(lesion),
               "lesion_dice": float(np.mean(per_slice)), "lesion_dice_min": float(np.min(per_slice)),
-              "volume_dice": dice(result.mask, truth[result.slice_indices])}
+              "volume_dice": dice(result.mask, truth[result.slice_indices]),
+              "lesion_slices_hit": float(np.mean([(result.mask[i] & truth[result.first_slice + i]).any()
+                                                  for i in lesion])),
+              "score_lesion_vs_other": float(result.scores[lesion].mean() / result.scores[others].mean())}
     if template is not None:
         healthy = prepare(load_volume(template), ckpt.preset.preprocess)
         clean = detect_volume(detector, healthy)
