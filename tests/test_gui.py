@@ -502,20 +502,16 @@ def test_cli_screenshot_subprocess(files, tmp_path):
     assert QImage(str(png)).width() > 1000
 
 
-def test_no_argument_with_demo_missing_says_so_and_keeps_running(qtbot):
-    volume_there, checkpoint_there = resource(DEMO_VOLUME).is_file(), resource(DEMO_CHECKPOINT).is_file()
-    if volume_there and checkpoint_there:
-        pytest.skip("the demo files are installed")
+def test_no_argument_with_demo_missing_says_so_and_keeps_running(qtbot, tmp_path, monkeypatch):
+    import sss_viewer.core.resources as resources
+    import sss_viewer.gui.app as app
+    monkeypatch.setattr(resources, "resource_dir", lambda: tmp_path)   # an installation without the demo files
+    monkeypatch.setattr(app, "resource_dir", lambda: tmp_path)
     w = launch(parse_args([]))
     qtbot.addWidget(w)
-    if not volume_there:                                                # the empty page names the missing files
-        assert w.pages.currentIndex() == 0 and DEMO_VOLUME in w.message.text()
-    else:                                                               # the demo opens; the panels say why no result
-        wait_for(qtbot, lambda: w.session is not None and w.session.volume is not None)
-        assert w.pages.currentIndex() == 1 and texts.PANEL_NO_MODEL in w.panels.recon.title.text()
-    if not checkpoint_there:
-        assert w.session is None or w.session.model is None
-        assert w.controls.model_label.text() == texts.MODEL_NONE
+    assert w.pages.currentIndex() == 0 and DEMO_VOLUME in w.message.text()   # the empty page names what is missing
+    assert w.session is None or w.session.model is None
+    assert w.controls.model_label.text() == texts.MODEL_NONE
     assert w.isVisible()
     w.close()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.anomaly import Detector, detect_volume, resolve_device
+from ..core.anomaly import DEFAULT_BATCH, Detector, detect_volume, resolve_device
 from ..core.config import PRESETS, NoiseConfig
 from ..core.simplex import octave_noise
 from ..core.unet import UNet
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
              f"peak {r['peak_mem_mb']:.0f} MB") for r in tp["rows"]])
 
     vol = bench_volume("paper" if cuda else "small", device, n_slices=150 if (cuda or not args.quick) else 40,
-                       batch=150 if cuda else 16)
+                       batch=150 if cuda else DEFAULT_BATCH["cpu"])
     res.update(vol)
     print_table(f"Whole volume end to end, {vol['volume_slices']} slices, {vol['volume_preset']} preset", [
         (k, f"{vol[k]:.3f} s") for k in ("preprocess_s", "model_s", "postprocess_s", "map_back_s", "volume_total_s")])

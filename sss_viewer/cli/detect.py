@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-postprocess", action="store_true", help="skip the 3x3 dilation and largest-region step")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N] (default auto)")
     p.add_argument("--seed", type=int, default=0, help="noise seed; equal seeds give equal results (default 0)")
-    p.add_argument("--batch-size", type=int, default=16, metavar="B", help="slices per model call (default 16)")
+    p.add_argument("--batch-size", type=int, default=None, metavar="B",
+                   help="slices per model call (default 4 on a CPU, 16 on CUDA)")
     return p
 
 
@@ -164,7 +165,7 @@ def process(path: Path, outs: Outputs, detector: Detector, ckpt: LoadedCheckpoin
             "parameters": {"timesteps": list(timesteps), "consensus": len(timesteps) > 1,
                            "votes": (args.votes or len(timesteps) // 2 + 1) if len(timesteps) > 1 else None,
                            "threshold": args.threshold, "postprocess": pp.enabled, "seed": args.seed,
-                           "batch_size": args.batch_size, "device": str(detector.device)},
+                           "batch_size": detector.batch_size, "device": str(detector.device)},
             "checkpoint": checkpoint_identity(ckpt),
             "timings_s": {"load": t_loaded - t_start, "preprocess": t_prepared - t_loaded, "model": result.seconds,
                           "postprocess": t_post - t_prepared - result.seconds, "write": t_written - t_post,
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sss-detect: {' '.join(str(message).split())}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         return fail(f"--batch-size must be at least 1, not {args.batch_size}")
     timesteps = args.consensus or (args.timestep,)
     if args.votes is not None and not 1 <= args.votes <= len(timesteps):

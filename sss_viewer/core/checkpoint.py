@@ -113,7 +113,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
 
 
 def load_detector(checkpoint: str | os.PathLike | None, device: str = "auto",
-                  batch_size: int = 16) -> tuple[LoadedCheckpoint, Detector]:
+                  batch_size: int | None = None) -> tuple[LoadedCheckpoint, Detector]:
     """The checkpoint (None: resources.default_checkpoint()) and a Detector running it on device.
 
     Raises CheckpointError when there is no usable checkpoint and ValueError for an unusable device,
