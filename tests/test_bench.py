@@ -35,7 +35,8 @@ def test_main_writes_the_contract_keys(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(bench.PRESETS, "small", PRESETS["tiny"])
     monkeypatch.setitem(bench.PRESETS, "paper", PRESETS["tiny"])
     real_noise = bench.bench_noise
-    monkeypatch.setattr(bench, "bench_noise", lambda device, batch, size: real_noise(device, 1, 16))
+    monkeypatch.setattr(bench, "bench_noise", lambda device, batch, size, package_fields=None:
+                        real_noise(device, 1, 16))
     assert bench.main(["--quick", "--device", "cpu", "--json", str(tmp_path / "b.json")]) == 0
     res = json.loads((tmp_path / "b.json").read_text())
     for key in ("noise_speedup", "noise_max_abs_diff", "sss_speedup_250", "sss_speedup_300", "slices_per_s_small",

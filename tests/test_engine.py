@@ -195,3 +195,97 @@ def test_gaussian_noise_follows_per_slice_seeds(tiny_preset):
     torch.manual_seed(123)                                    # the global generator must not matter
     part = Detector(model, preset, device="cpu", batch_size=1).reconstruct(slices[2:], 300, seed=3, indices=[2, 3])
     np.testing.assert_allclose(part.recon, whole.recon[2:], atol=1e-5)
+
+
+def _postprocess_per_slice(mask, pp):
+    """Reference: the former slice-by-slice postprocess (3x3 dilation, 4-connected labels, stable argsort by area)."""
+    from scipy import ndimage
+    if not pp.enabled:
+        return np.asarray(mask, bool)
+    if mask.ndim == 3:
+        return np.stack([_postprocess_per_slice(m, pp) for m in mask])
+    out = ndimage.binary_dilation(mask, structure=np.ones((3, 3), bool)) if pp.dilate else np.asarray(mask, bool)
+    if pp.keep_largest == 0 and pp.min_area <= 0:
+        return out
+    labels, n = ndimage.label(out)
+    if n == 0:
+        return out
+    areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    order = np.argsort(-areas, kind="stable")
+    if pp.keep_largest:
+        order = order[:pp.keep_largest]
+    keep = order[areas[order] >= pp.min_area] + 1
+    return np.isin(labels, keep)
+
+
+PP_CASES = [PostProcess(), PostProcess(keep_largest=2), PostProcess(keep_largest=0), PostProcess(dilate=False),
+            PostProcess(dilate=False, keep_largest=2, min_area=3), PostProcess(keep_largest=0, min_area=12),
+            PostProcess(dilate=False, keep_largest=0, min_area=2), PostProcess(dilate=False, keep_largest=0),
+            PostProcess(keep_largest=-1), PostProcess(enabled=False)]
+
+
+@pytest.mark.parametrize("pp", PP_CASES, ids=repr)
+def test_postprocess_stack_equals_per_slice_reference(pp):
+    rng = np.random.default_rng(7)
+    for shape, density in [((6, 17, 23), 0.08), ((5, 32, 32), 0.02), ((3, 9, 9), 0.4), ((4, 1, 12), 0.3)]:
+        m = rng.random(shape) < density
+        m[-2, -1, :] = m[-1, 0, :] = True                                  # last row of a slice, first of the next
+        m[1] = False                                                       # a slice without regions
+        out = postprocess(m, pp)
+        assert out.dtype == bool and out.shape == m.shape
+        np.testing.assert_array_equal(out, _postprocess_per_slice(m, pp))
+        for s in m:                                                        # the 2-D path
+            np.testing.assert_array_equal(postprocess(s, pp), _postprocess_per_slice(s, pp))
+    empty = np.zeros((3, 8, 8), bool)
+    np.testing.assert_array_equal(postprocess(empty, pp), empty)
+
+
+@pytest.mark.parametrize("pp", PP_CASES[:3] + PP_CASES[4:5], ids=repr)
+def test_postprocess_area_ties_keep_the_earlier_region(pp):
+    m = np.zeros((3, 12, 12), bool)
+    m[0, 1, 8:10] = m[0, 4, 1:3] = m[0, 9, 5:7] = True                    # three 2-px regions, raster order: 1, 2, 3
+    m[1, 2:4, 2] = m[1, 8, 8:10] = True                                    # a tie across rows
+    m[1, 5:8, 5] = True                                                    # and one larger region
+    m[2] = m[0].T                                                          # ties in other raster order
+    np.testing.assert_array_equal(postprocess(m, pp), _postprocess_per_slice(m, pp))
+
+
+def test_postprocess_keeps_slices_and_row_ends_apart():
+    from scipy import ndimage
+    m = np.zeros((2, 5, 5), bool)
+    m[0, 4, :2] = m[1, 0, :2] = True                                       # 2 px at the end of 0 and the start of 1
+    m[0, 1, 4] = m[0, 2, 0] = True                                         # 1 px each, neighbours only when flattened
+    m[1, 3, 1:4] = True                                                    # slice 1's largest
+    expect = np.zeros_like(m)
+    expect[0, 4, :2] = expect[1, 3, 1:4] = True
+    np.testing.assert_array_equal(postprocess(m, PostProcess(dilate=False, min_area=2)), expect)
+    grown = [ndimage.binary_dilation(s, np.ones((3, 3), bool)) for s in m]    # no wrap across rows or slices
+    np.testing.assert_array_equal(postprocess(m, PostProcess(keep_largest=0)), grown)
+
+
+def test_slice_scores_equal_numpy_percentile_per_slice():
+    rng = np.random.default_rng(3)
+    for shape in [(100, 16, 16), (4, 33, 21), (3, 1, 5)]:
+        for error in [rng.random(shape, np.float32) ** 4,                     # continuous
+                      rng.integers(0, 3, shape).astype(np.float32),           # mostly ties
+                      rng.standard_normal(shape)]:                            # float64, signed
+            brain = rng.random(shape) < rng.uniform(0.2, 1.0, (shape[0], 1, 1))   # weights below and above 0.5
+            brain[0] = False                                                  # a slice without brain
+            brain[1] = False
+            brain[1, 0, 0] = True                                             # a single brain pixel
+            expect = [np.percentile(e[b], 99) if b.any() else 0.0 for e, b in zip(error, brain)]
+            got = slice_scores(error, brain)
+            assert got.dtype == np.float32
+            np.testing.assert_array_equal(got, np.array(expect, np.float32))
+            whole = np.percentile(error.reshape(len(error), -1), 99, axis=1).astype(np.float32)
+            np.testing.assert_array_equal(slice_scores(error), whole)
+    error = rng.random((2, 8, 8), np.float32)
+    error[1, 3, 3] = np.nan
+    everywhere = np.ones(error.shape, bool)
+    np.testing.assert_array_equal(slice_scores(error, everywhere), [np.percentile(error[0], 99), np.nan])
+    np.testing.assert_array_equal(slice_scores(error[:1], np.zeros((1, 8, 8), bool)), [0.0])
+    error[:, 0, 0] = np.inf                                                # numpy's lerp gives NaN for a lone inf
+    single = np.zeros(error.shape, bool)
+    single[:, 0, 0] = True
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(slice_scores(error[:1], single[:1]), [np.percentile(error[0, 0, :1], 99)])

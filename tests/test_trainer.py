@@ -318,3 +318,26 @@ def test_bad_data_exits_2_with_one_line(case, tmp_path, capsys, brains):
     code = cli.main(["--data", str(data), "--out", str(out), "--preset", "tiny", "--steps", "1", "--device", "cpu"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("sss-train: error: ") and expect in err[0], err
+
+
+def test_init_starts_a_new_run_from_a_checkpoints_weights_with_unit_noise(brains, tmp_path, capsys):
+    first = train(tiny(brains, tmp_path / "a", steps=2))
+    out = tmp_path / "b"
+    model_path = train(tiny(brains, out, steps=1, lr=1e-12, init=first, unit_noise=True))
+    start, tuned = read_checkpoint(first), read_checkpoint(out / "last.pt")
+    assert tuned["step"] == 1                                     # a new run: its own steps, fresh optimiser
+    for key, value in start["ema"].items():                       # lr ~0: the raw weights are still the init's
+        torch.testing.assert_close(tuned["train_state"]["model"][key], value, rtol=0, atol=1e-9)
+    loaded = load_checkpoint(model_path)
+    assert loaded.preset.noise.standardize and not PRESETS["tiny"].noise.standardize
+    assert f"initialised from {first}" in loaded.provenance and "steps: 2" in loaded.provenance
+
+    base = ["--data", str(brains), "--device", "cpu", "--steps", "1"]
+    assert cli.main(base + ["--out", str(tmp_path / "c"), "--preset", "small", "--init", str(first)]) == 2
+    assert "differs from the small preset" in capsys.readouterr().err
+    assert cli.main(base + ["--out", str(out), "--resume", "--init", str(first)]) == 2
+    assert "--init starts a new run" in capsys.readouterr().err
+    assert cli.main(base + ["--out", str(out), "--resume", "--preset", "tiny", "--steps", "2"]) == 2
+    assert "differs from the tiny preset" in capsys.readouterr().err            # the run has unit noise
+    assert cli.main(base + ["--out", str(out), "--resume", "--preset", "tiny", "--unit-noise", "--steps", "2"]) == 0
+    assert f"initialised from {first}" in load_checkpoint(out / "model.pt").provenance

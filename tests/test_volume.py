@@ -384,3 +384,126 @@ def test_real_same_scan_in_two_orientations_agrees():
         both = (values > 0) & (sampled > 0)
         r = np.corrcoef(values[both], sampled[both])[0, 1]
         assert (r > 0.99) if expected == "same" else (r < 0.9)
+
+
+# The resampling is separable sparse algebra; these references are the 2-D F.grid_sample it replaces.
+import dataclasses  # noqa: E402
+import math  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+
+def reference_to_model(mv, canonical, mode, fill):
+    """(Z, S, S): one 2-D grid_sample over all slices at k × k sub-pixels, then k × k average pooling."""
+    X, Y, _ = mv.canonical_shape
+    sx, sy, _ = mv.spacing
+    cx, cy = mv.centre
+    k = 1 if mode == "nearest" else max(1, math.ceil(mv.pixel_mm / min(mv.spacing[:2]) - 1e-6))
+    n = k * mv.image_size
+    offset = (np.arange(n) + 0.5 - n / 2) * (mv.pixel_mm / k)
+    x, y = cx - offset / sx, cy - offset / sy
+    grid = np.empty((1, n, n, 2))
+    grid[0, :, :, 0] = ((2 * y + 1) / Y - 1)[:, None]
+    grid[0, :, :, 1] = ((2 * x + 1) / X - 1)[None, :]
+    src = torch.from_numpy(np.asarray(canonical, dtype=np.float32) - fill)[None].permute(0, 3, 1, 2)
+    out = F.grid_sample(src, torch.from_numpy(grid).float(), mode=mode, padding_mode="zeros", align_corners=False)
+    return (F.avg_pool2d(out, k) if k > 1 else out)[0].numpy() + fill
+
+
+def reference_to_canonical(mv, maps, mode, first_slice):
+    """(X, Y, Z): 2-D grid_sample of the maps at every canonical voxel; other slices 0."""
+    X, Y, _ = mv.canonical_shape
+    sx, sy, _ = mv.spacing
+    cx, cy = mv.centre
+    S = mv.image_size
+    c = (cx - np.arange(X)) * sx / mv.pixel_mm + S / 2 - 0.5
+    r = (cy - np.arange(Y)) * sy / mv.pixel_mm + S / 2 - 0.5
+    grid = np.empty((1, X, Y, 2))
+    grid[0, :, :, 0] = ((2 * c + 1) / S - 1)[:, None]
+    grid[0, :, :, 1] = ((2 * r + 1) / S - 1)[None, :]
+    sampled = F.grid_sample(torch.from_numpy(maps.astype(np.float32))[None], torch.from_numpy(grid).float(),
+                            mode=mode, padding_mode="zeros", align_corners=False)[0]  # (n, X, Y)
+    out = np.zeros(mv.canonical_shape, dtype=np.float32)
+    out[:, :, first_slice:first_slice + maps.shape[0]] = sampled.permute(1, 2, 0).numpy()
+    return out
+
+
+# (canonical shape, spacing, S, margin, shift of the square's centre in voxels, scale of the model pixel):
+# enlarging and shrinking (k up to 4), anisotropic voxels, odd sizes, squares reaching outside the volume.
+RESAMPLING_CASES = [
+    ((40, 48, 24), (1.0, 1.0, 2.0), 32, 0.05, (0.0, 0.0), 1.0),
+    ((40, 48, 24), (1.0, 1.0, 2.0), 96, 0.3, (3.3, -2.7), 1.0),
+    ((61, 37, 5), (0.7, 1.3, 3.0), 32, 0.05, (-20.2, 9.6), 1.0),
+    ((64, 64, 7), (1.0, 1.0, 1.0), 16, 0.0, (0.5, 0.5), 1.0),
+    ((90, 70, 4), (0.5, 0.6, 4.0), 24, 0.1, (7.0, -11.0), 2.3),
+    ((33, 29, 6), (2.0, 1.5, 2.0), 40, 0.2, (0.0, 0.0), 0.37),
+    ((50, 50, 3), (1.0, 1.0, 1.0), 25, 0.05, (0.25, -0.25), 1.0),
+]
+
+
+@pytest.fixture(params=range(len(RESAMPLING_CASES)), ids=lambda i: f"case{i}")
+def resampling_case(request):
+    shape, spacing, size, margin, shift, scale = RESAMPLING_CASES[request.param]
+    rng = np.random.default_rng(request.param)
+    image = np.where(rng.random(shape) < 0.8, 50 + 100 * rng.random(shape), 0).astype(np.float32)  # (X, Y, Z)
+    image[: shape[0] // 5] = 0  # an off-centre brain box
+    mv = prepare(image, PreprocessConfig(image_size=size, margin=margin), spacing=spacing)
+    mv = dataclasses.replace(mv, centre=(mv.centre[0] + shift[0], mv.centre[1] + shift[1]),
+                             pixel_mm=mv.pixel_mm * scale)
+    return mv, image, rng
+
+
+def test_to_model_matches_grid_sample(resampling_case):
+    mv, image, rng = resampling_case
+    for values, fill in [(image, 0.0), (rng.standard_normal(image.shape).astype(np.float32), -1.0)]:
+        new = mv._to_model(values, "bilinear", fill)
+        assert new.dtype == np.float32 and new.shape == (mv.n_slices, mv.image_size, mv.image_size)
+        np.testing.assert_allclose(new, reference_to_model(mv, values, "bilinear", fill),
+                                   rtol=0, atol=1e-5 * np.ptp(values))
+    mask = rng.random(image.shape) < 0.3
+    np.testing.assert_array_equal(mv.mask_to_model(mask), reference_to_model(mv, mask, "nearest", 0.0) > 0.5)
+    labels = rng.integers(0, 4, image.shape)
+    np.testing.assert_array_equal(mv._to_model(labels.astype(np.float32), "nearest", 0.0),
+                                  reference_to_model(mv, labels, "nearest", 0.0))
+
+
+def test_to_canonical_matches_grid_sample(resampling_case):
+    mv, _, rng = resampling_case
+    S, Z = mv.image_size, mv.n_slices
+    for first, n in [(0, Z), (1, Z - 2), (Z - 1, 1)]:
+        heat = rng.standard_normal((n, S, S)).astype(np.float32) * 10
+        np.testing.assert_allclose(mv.to_canonical(heat, "linear", first),
+                                   reference_to_canonical(mv, heat, "bilinear", first), rtol=0, atol=1e-5 * np.ptp(heat))
+        mask = rng.random((n, S, S)) < 0.5
+        back = mv.to_canonical(mask, "nearest", first)
+        assert back.dtype == bool
+        np.testing.assert_array_equal(back, reference_to_canonical(mv, mask, "nearest", first) > 0.5)
+        labels = rng.integers(0, 5, (n, S, S))
+        out = mv.to_canonical(labels, "nearest", first)
+        assert out.dtype == np.float32
+        np.testing.assert_array_equal(out, reference_to_canonical(mv, labels, "nearest", first))
+
+
+def test_nearest_ties_round_half_to_even():
+    """Model pixels exactly half a voxel apart: grid_sample's round-half-to-even picks the same neighbour."""
+    image = np.zeros((16, 16, 2), np.float32)
+    image[4:12, 4:12] = 1.0
+    mv = prepare(image, PreprocessConfig(image_size=16, margin=0.0))
+    assert mv.centre == (7.5, 7.5)
+    shrunk = dataclasses.replace(mv, pixel_mm=2.0)  # model pixel centres at canonical x = 22.5 - 2c: all ties
+    labels = np.arange(16 * 16 * 2, dtype=np.float32).reshape(16, 16, 2)
+    np.testing.assert_array_equal(shrunk._to_model(labels, "nearest", 0.0),
+                                  reference_to_model(shrunk, labels, "nearest", 0.0))
+    enlarged = dataclasses.replace(mv, pixel_mm=0.5)  # canonical voxels at model c = 22.5 - 2x: all ties
+    maps = np.arange(2 * 16 * 16, dtype=np.float32).reshape(2, 16, 16)
+    np.testing.assert_array_equal(enlarged.to_canonical(maps, "nearest"),
+                                  reference_to_canonical(enlarged, maps, "nearest", 0))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 100, 1001])
+def test_percentiles_equal_numpy(n):
+    rng = np.random.default_rng(n)
+    for values in [rng.standard_normal(n).astype(np.float32), rng.integers(0, 5, n).astype(np.float32)]:
+        q = (0.0, 1.0, 37.5, 50.0, 99.0, 100.0)
+        assert volmod._percentiles(values.copy(), q) == tuple(float(v) for v in np.percentile(values, q))

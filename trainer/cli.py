@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, metavar="N", help="total optimiser steps (default: by preset, see below)")
     p.add_argument("--batch-size", type=int, metavar="B", help="slices per step and process (default: by preset)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--init", type=Path, metavar="CKPT",
+                   help="start a new run from this checkpoint's EMA weights (fine-tuning; fresh optimiser, step 0)")
+    p.add_argument("--unit-noise", action="store_true",
+                   help="standardise each simplex noise field to unit std (stronger noise than the paper's ~0.5; "
+                        "recorded in the checkpoint, so inference matches)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: auto (CUDA if present)")
     p.add_argument("--lr", type=float, metavar="LR", default=1e-4,
                    help="AdamW learning rate (default 1e-4, the paper's)")
@@ -72,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                       ema_decay=args.ema_decay, grad_clip=args.grad_clip, seed=args.seed, augment=args.augment,
                       modality=args.modality, save_every=args.save_every, keep=args.keep,
                       preview_every=args.preview_every, log_every=args.log_every, device=args.device,
-                      compile=args.compile, resume=args.resume, progress=args.progress,
+                      compile=args.compile, resume=args.resume, init=args.init, unit_noise=args.unit_noise,
+                      progress=args.progress,
                       command=command_line(argv))
     main_rank = int(os.environ.get("RANK", 0)) == 0
     try:

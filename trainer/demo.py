@@ -93,7 +93,7 @@ def build(template: Path) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
 
 
 def check(checkpoint: Path, template: Path | None = None, volume: Path | None = None,
-          mask: Path | None = None) -> dict:
+          mask: Path | None = None, device: str = "cpu") -> dict:
     """Demo quality at the default settings (lambda 300, threshold 0.3, post-processing), in model space.
 
     lesion_dice: mean slice-wise Dice of the mask on the slices that hold the lesion; lesion_slices_hit:
@@ -102,7 +102,7 @@ def check(checkpoint: Path, template: Path | None = None, volume: Path | None = 
     brain pixels flagged on the lesion-free template's brain slices (with `template`).
     """
     ckpt = load_checkpoint(checkpoint)
-    detector = Detector(ckpt.model, ckpt.preset, device="cpu")
+    detector = Detector(ckpt.model, ckpt.preset, device=device)
     vol = load_volume(volume or resource(DEMO_VOLUME))
     mv = prepare(vol, ckpt.preset.preprocess)
     truth = mv.mask_to_model(load_mask(mask or resource(DEMO_MASK), vol))    # (Z, S, S)
@@ -132,10 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "resources")
     parser.add_argument("--check", type=Path, metavar="CKPT",
                         help="instead of building, report the checkpoint's Dice on the demo and the template")
+    parser.add_argument("--device", default="cpu", help="device of --check: cpu (default, as shipped) or cuda")
     args = parser.parse_args(argv)
     try:
         if args.check:
-            print(json.dumps(check(args.check, args.template), indent=2))
+            print(json.dumps(check(args.check, args.template, device=args.device), indent=2))
             return 0
         volume, mask = build(args.template)
     except (OSError, ValueError, nib.filebasedimages.ImageFileError) as e:

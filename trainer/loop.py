@@ -35,8 +35,9 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from sss_viewer.core.anomaly import resolve_device
-from sss_viewer.core.checkpoint import CheckpointError, preset_from_dict, read_checkpoint, save_checkpoint
-from sss_viewer.core.config import PRESETS
+from sss_viewer.core.checkpoint import (CheckpointError, file_sha256, preset_from_dict, read_checkpoint,
+                                       save_checkpoint)
+from sss_viewer.core.config import PRESETS, Preset
 from sss_viewer.core.diffusion import Diffusion
 from sss_viewer.core.unet import UNet, count_parameters
 from sss_viewer.core.volume import VolumeError
@@ -84,6 +85,8 @@ class TrainConfig:
     device: str = "auto"                   # auto | cpu | cuda; under torchrun each rank takes its local GPU
     compile: bool = False                  # torch.compile the model (needs a working C compiler)
     resume: bool = False                   # continue from the newest checkpoint in out
+    init: Path | None = None               # a new run starting from this checkpoint's EMA weights (fine-tuning)
+    unit_noise: bool = False               # simplex noise standardised to unit std (the preset's default: not)
     progress: bool | None = None           # tqdm bar; None: only when stderr is a terminal
     command: str = ""                      # command line recorded in the provenance
 
@@ -100,7 +103,8 @@ class TrainConfig:
                   (filled.save_every >= 1, "--save-every must be at least 1"),
                   (filled.keep >= 1, "--keep must be at least 1"),
                   (filled.preview_every >= 0, "--preview-every must be >= 0 (0: only at the end)"),
-                  (filled.log_every >= 1, "--log-every must be at least 1")]
+                  (filled.log_every >= 1, "--log-every must be at least 1"),
+                  (not (filled.resume and filled.init), "--init starts a new run; drop it to --resume one")]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
@@ -144,6 +148,13 @@ def step_seed(seed: int, step: int, rank: int = 0, stream: int = 0) -> int:
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
     return (z ^ (z >> 31)) >> 1
+
+
+def _with_noise(preset: Preset | None, unit_noise: bool) -> Preset | None:
+    """The preset with its simplex noise standardised to unit std when unit_noise."""
+    if preset is None or not unit_noise:
+        return preset
+    return replace(preset, noise=replace(preset.noise, standardize=True))
 
 
 def checkpoints(out: Path) -> list[tuple[int, Path]]:
@@ -252,15 +263,18 @@ class Trainer:
         if resume is not None:
             self.resumed_from, payload = resume
             preset_name, self.preset = payload["train_state"]["preset_name"], preset_from_dict(payload["configs"])
-            if cfg.preset is not None and PRESETS.get(cfg.preset) != self.preset:
-                raise ValueError(f"--preset {cfg.preset} differs from the {preset_name} preset of "
-                                 f"{self.resumed_from}; drop --preset to continue it, or train into another --out")
+            if cfg.preset is not None and _with_noise(PRESETS.get(cfg.preset), cfg.unit_noise) != self.preset:
+                raise ValueError(f"--preset {cfg.preset}{' --unit-noise' * cfg.unit_noise} differs from the "
+                                 f"{preset_name} preset of {self.resumed_from}; drop --preset to continue it, or "
+                                 "train into another --out")
+            self.init_note = payload["train_state"].get("init", "")
         else:
             self.resumed_from, payload = None, None
             preset_name = cfg.preset or "small"
             if preset_name not in PRESETS:
                 raise ValueError(f"unknown preset {preset_name!r}; choose one of {', '.join(PRESETS)}")
-            self.preset = PRESETS[preset_name]
+            self.preset = _with_noise(PRESETS[preset_name], cfg.unit_noise)
+            self.init_note = ""
         self.cfg = cfg.resolved(preset_name)
         self.diffusion = Diffusion(self.preset.diffusion, self.preset.noise)
 
@@ -268,8 +282,11 @@ class Trainer:
         self.preview_x0 = torch.from_numpy(self.data.fixed_slices(PREVIEW_SLICES)).unsqueeze(1).to(device)  # (4,1,S,S)
 
         torch.manual_seed(self.cfg.seed)
-        # channels_last: the layout cuDNN's and oneDNN's convolutions prefer (also 15-40% faster on a 2-core CPU)
-        self.model = UNet(self.preset.model).to(device, memory_format=torch.channels_last)
+        # channels_last: 15-40% faster on a 2-core CPU (oneDNN); slower in bf16 on an H200 (BENCHMARKS.md)
+        self.layout = torch.contiguous_format if self.cuda else torch.channels_last
+        self.model = UNet(self.preset.model).to(device, memory_format=self.layout)
+        if payload is None and cfg.init is not None:
+            self.init_note = self._initialise(Path(cfg.init))
         self.optimizer = _adamw(self.model, self.cfg)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False) if ctx.main else None
         self.step = 0
@@ -284,6 +301,20 @@ class Trainer:
         self.ema_params = list(self.ema.parameters()) if self.ema is not None else []
 
     # -- setup ---------------------------------------------------------------------------------------------
+    def _initialise(self, path: Path) -> str:
+        """Load a checkpoint's EMA weights into the model (--init); returns the provenance line for it."""
+        payload = read_checkpoint(path)
+        try:
+            model = preset_from_dict(payload["configs"]).model
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"--init {path.name} is not an sss-train checkpoint: {err}") from err
+        if model != self.preset.model:
+            raise ValueError(f"--init {path.name}: its model configuration differs from the "
+                             f"{self.cfg.preset} preset; pick the preset it was trained with")
+        self.model.load_state_dict(payload["ema"])
+        return (f"initialised from {path} (sha256:{file_sha256(path)[:12]}, step {payload.get('step', 0)}), "
+                f"whose provenance was:\n  " + str(payload.get("provenance", "")).replace("\n", "\n  "))
+
     def _find_resume(self, cfg: TrainConfig) -> tuple[Path, dict[str, Any]] | None:
         """The checkpoint to continue from (with --resume), refusing to overwrite a run without it."""
         if cfg.resume:
@@ -356,7 +387,7 @@ class Trainer:
         t = torch.randint(T, (b,), generator=gen)                                          # (B,) uniform on [0, T)
         eps = self.diffusion.noise_like(x0, t, generator=gen)                              # (B, 1, S, S)
         t = t.to(self.device)
-        x_t = self.diffusion.q_sample(x0, t, eps).contiguous(memory_format=torch.channels_last)  # (B, 1, S, S)
+        x_t = self.diffusion.q_sample(x0, t, eps).contiguous(memory_format=self.layout)    # (B, 1, S, S)
         with self._autocast():
             pred = self.net(x_t, t)                                                        # (B, 1, S, S)
         loss = F.mse_loss(pred.float(), eps)
@@ -390,6 +421,8 @@ class Trainer:
                   for i, s in enumerate(sessions)]
         lines.append(f"data: {self.data_summary}")
         lines += [f"  {v.path}  sha256:{v.sha256[:12]}" for v in self.data.volumes]
+        if self.init_note:
+            lines.append(self.init_note)
         return "\n".join(lines)
 
     def save(self, wall_s: float, final: bool) -> Path:
@@ -403,7 +436,7 @@ class Trainer:
         extra = {"model": _to_cpu(self.model.state_dict()), "optimizer": _to_cpu(self.optimizer.state_dict()),
                  "preset_name": self.cfg.preset, "seed": self.cfg.seed, "batch_size": self.cfg.batch_size,
                  "world_size": self.ctx.world, "augment": self.cfg.augment, "sessions": sessions,
-                 "data": [[str(v.path), v.sha256] for v in self.data.volumes]}
+                 "init": self.init_note, "data": [[str(v.path), v.sha256] for v in self.data.volumes]}
         ema_state = self.ema.state_dict()
         save_checkpoint(path, self.preset, ema_state, self.step, provenance, extra)
         _replace_by_link(path, self.out / "last.pt")
@@ -422,7 +455,7 @@ class Trainer:
         seeds = torch.arange(n) + PREVIEW_SEED
         x_t = self.diffusion.q_sample(x0, t, self.diffusion.noise_like(x0, PREVIEW_TIMESTEP, seeds=seeds))
         with self._autocast():
-            eps = self.ema(x_t.contiguous(memory_format=torch.channels_last), t).float()
+            eps = self.ema(x_t.contiguous(memory_format=self.layout), t).float()
         x0_hat = self.diffusion.predict_x0(x_t, t, eps)                                    # (n, 1, S, S)
         error = (x0 - x0_hat).square()                                                     # (n, 1, S, S)
         zoom = max(1, 128 // size)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.anomaly import DEFAULT_BATCH, Detector, detect_volume, resolve_device
+from ..core.anomaly import DEFAULT_BATCH, DEFAULT_TIMESTEP, Detector, detect_volume, resolve_device
 from ..core.config import PRESETS, NoiseConfig
 from ..core.simplex import octave_noise
 from ..core.unet import UNet
@@ -82,17 +82,30 @@ def package_octave_field(seed: int, size: int, cfg: NoiseConfig, z: float) -> np
     return field
 
 
-def bench_noise(device: torch.device, batch: int, size: int = 256) -> dict:
-    """Vectorised octave noise for `batch` fields vs the opensimplex package, and their largest difference."""
+def bench_noise(device: torch.device, batch: int, size: int = 256, package_fields: int | None = None) -> dict:
+    """Vectorised octave noise for `batch` fields vs the opensimplex package on the first `package_fields`
+    (default all) of them, per field, and their largest difference."""
     cfg = NoiseConfig(standardize=False)
     seeds = torch.arange(1, batch + 1)
+    n_ref = batch if package_fields is None else min(package_fields, batch)
     ours_s = timed(lambda: octave_noise((batch, size, size), seeds, cfg, z=300.0, device=device), device)
-    ours = octave_noise((batch, size, size), seeds, cfg, z=300.0, device=device).cpu().numpy()
+    ours = octave_noise((batch, size, size), seeds, cfg, z=300.0, device=device)[:n_ref].cpu().numpy()
     start = time.perf_counter()
-    ref = np.stack([package_octave_field(int(s), size, cfg, 300.0) for s in seeds])
+    ref = np.stack([package_octave_field(int(s), size, cfg, 300.0) for s in seeds[:n_ref]])
     package_s = time.perf_counter() - start
-    return {"noise_fields": batch, "noise_size": size, "noise_ours_s": ours_s, "noise_package_s": package_s,
-            "noise_speedup": package_s / ours_s, "noise_max_abs_diff": float(np.abs(ours - ref).max())}
+    return {"noise_fields": batch, "noise_size": size, "noise_ours_s": ours_s, "noise_package_fields": n_ref,
+            "noise_package_s": package_s, "noise_speedup": (package_s / n_ref) / (ours_s / batch),
+            "noise_max_abs_diff": float(np.abs(ours - ref).max())}
+
+
+def bench_matmul(device: torch.device) -> dict:
+    """Measured matrix-product peak: bf16 8192^3 on CUDA, fp32 2048^3 on a CPU (2 n^3 FLOPs per product)."""
+    n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (2048, torch.float32)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    sec = timed(lambda: a @ b, device, repeats=10 if device.type == "cuda" else 3, warmup=3)
+    return {"matmul_n": n, "matmul_dtype": str(dtype).removeprefix("torch."),
+            "matmul_peak_tflops": 2 * n ** 3 / sec / 1e12}
 
 
 def bench_sss_vs_iterative(preset_name: str, device: torch.device, lambdas: tuple[int, ...]) -> dict:
@@ -127,7 +140,8 @@ def count_flops(model: torch.nn.Module, s: int) -> int:
 
 def bench_throughput(preset_name: str, device: torch.device, batch_sizes: list[int],
                      variants: dict[str, dict]) -> dict:
-    """Model slices/s per batch size and variant (bf16, channels_last, compile), FLOPs and peak memory."""
+    """Model slices/s per batch size and variant (bf16, channels_last, cudnn.benchmark, compile), FLOPs and
+    peak memory."""
     preset = PRESETS[preset_name]
     s = preset.model.image_size
     torch.manual_seed(0)
@@ -140,6 +154,7 @@ def bench_throughput(preset_name: str, device: torch.device, batch_sizes: list[i
         if opts.get("channels_last"):
             model = model.to(memory_format=torch.channels_last)
         fn = torch.compile(model) if opts.get("compile") else model
+        torch.backends.cudnn.benchmark = bool(opts.get("cudnn_benchmark"))   # autotuned convolutions per shape
         amp = torch.autocast("cuda", dtype=torch.bfloat16) if opts.get("bf16") else nullcontext()
         for b in batch_sizes:
             x = torch.randn(b, 1, s, s, device=device)
@@ -154,6 +169,8 @@ def bench_throughput(preset_name: str, device: torch.device, batch_sizes: list[i
                 sec = timed(call, device, repeats=3, warmup=2 if opts.get("compile") else 1)
             rows.append({"variant": name, "batch": b, "slices_per_s": b / sec,
                          "tflops": flops * b / sec / 1e12, "peak_mem_mb": mem.peak_mb})
+        del model, fn
+    torch.backends.cudnn.benchmark = False
     best = max(rows, key=lambda r: r["slices_per_s"])
     return {"preset": preset_name, "flops_per_slice": flops, "rows": rows, "best": best}
 
@@ -169,18 +186,31 @@ def bench_volume(preset_name: str, device: torch.device, n_slices: int, batch: i
     data = np.ascontiguousarray(data.transpose(2, 1, 0))                      # (X, Y, Z)
     torch.manual_seed(0)
     det = Detector(UNet(preset.model), preset, device=device, batch_size=batch)
-    start = time.perf_counter()
-    mv = prepare(data, preset.preprocess)
-    t_prep = time.perf_counter()
-    result = detect_volume(det, mv, slices=(0, n_slices - 1))
-    t_det = time.perf_counter()
-    mv.to_canonical(result.mask, "nearest", result.first_slice)
-    mv.to_canonical(result.error, "linear", result.first_slice)
-    t_back = time.perf_counter()
-    return {"volume_preset": preset_name, "volume_slices": n_slices, "volume_batch": batch,
-            "preprocess_s": t_prep - start, "detect_s": t_det - t_prep, "model_s": result.seconds,
-            "postprocess_s": (t_det - t_prep) - result.seconds, "map_back_s": t_back - t_det,
-            "volume_total_s": t_back - start}
+
+    def run() -> dict:
+        start = time.perf_counter()
+        mv = prepare(data, preset.preprocess)
+        t_prep = time.perf_counter()
+        result = detect_volume(det, mv, slices=(0, n_slices - 1))
+        t_det = time.perf_counter()
+        mv.to_canonical(result.mask, "nearest", result.first_slice)
+        mv.to_canonical(result.error, "linear", result.first_slice)
+        t_back = time.perf_counter()
+        return {"preprocess_s": t_prep - start, "detect_s": t_det - t_prep, "model_s": result.seconds,
+                "postprocess_s": (t_det - t_prep) - result.seconds, "map_back_s": t_back - t_det,
+                "volume_total_s": t_back - start}
+
+    # CUDA: one full warm-up run (lazy kernel loading), then the best of three; a CPU: one run after
+    # warming up on one batch.
+    if device.type == "cuda":
+        run()
+    else:
+        detect_volume(det, prepare(data[..., :batch], preset.preprocess))
+    best = min((run() for _ in range(3 if device.type == "cuda" else 1)), key=lambda r: r["volume_total_s"])
+    x, seeds = torch.zeros(batch, 1, s, s, device=device), torch.arange(batch)
+    noise_s = timed(lambda: det.diffusion.noise_like(x, DEFAULT_TIMESTEP, seeds=seeds), device)
+    best["noise_s"] = noise_s * -(-n_slices // batch)         # the noise fields alone, timed apart (in model_s)
+    return {"volume_preset": preset_name, "volume_slices": n_slices, "volume_batch": batch, **best}
 
 
 def machine(device: torch.device) -> str:
@@ -196,12 +226,22 @@ def print_table(title: str, rows: list[tuple[str, str]]) -> None:
         print(f"  {k:<{width}}  {v}")
 
 
+PARTS = ("noise", "sss", "throughput", "volume", "compile")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sss-bench", description=__doc__)
-    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here (rewritten after each part)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     parser.add_argument("--quick", action="store_true", help="fewer fields, slices and batch sizes")
+    parser.add_argument("--no-compile", dest="compile", action="store_false",
+                        help="CUDA: leave out the torch.compile variant (its compilation takes minutes)")
+    parser.add_argument("--parts", type=lambda v: v.split(","), default=list(PARTS), metavar="P1,P2",
+                        help=f"measure only these parts, of {','.join(PARTS)} (default all; the matrix-product "
+                             "peak is always measured)")
     args = parser.parse_args(argv)
+    if unknown := set(args.parts) - set(PARTS):
+        parser.error(f"unknown part(s) {', '.join(sorted(unknown))}; choose from {','.join(PARTS)}")
     try:
         device = resolve_device(args.device)
     except ValueError as e:
@@ -211,44 +251,89 @@ def main(argv: list[str] | None = None) -> int:
     res: dict = {"device": str(device), "machine": machine(device), "torch": torch.__version__,
                  "date": time.strftime("%Y-%m-%d")}
 
-    res.update(bench_noise(device, batch=2 if args.quick else 8, size=128 if args.quick else 256))
+    def save() -> None:
+        if args.json:
+            args.json.write_text(json.dumps(res, indent=2))
+
+    res.update(bench_matmul(device))
+    peak = res["matmul_peak_tflops"]
+    print_table("Matrix-product peak, measured", [
+        (f"{res['matmul_dtype']} {res['matmul_n']}^3", f"{peak:.1f} TFLOP/s")])
+    save()
+
+    if "noise" in args.parts:
+        noise_part(res, device, args.quick)
+        save()
+    if "sss" in args.parts:
+        sss_part(res, device)
+        save()
+    if "throughput" in args.parts:
+        for name in ("small", "paper"):
+            throughput_part(res, name, device, args.quick, peak)
+            save()
+    if "volume" in args.parts:
+        for name in ("small", "paper") if cuda else ("small",):
+            vol = bench_volume(name, device, n_slices=150 if (cuda or not args.quick) else 40,
+                               batch=150 if cuda else DEFAULT_BATCH["cpu"])
+            res.update({f"{k}_{name}": v for k, v in vol.items()})
+            res.update(vol)          # the last one (paper on CUDA, small on a CPU) under the plain keys too
+            print_table(f"Whole volume end to end, {vol['volume_slices']} slices, {name} preset, batch "
+                        f"{vol['volume_batch']}", [(k, f"{vol[k]:.3f} s") for k in
+                                                   ("preprocess_s", "noise_s", "model_s", "postprocess_s",
+                                                    "map_back_s", "volume_total_s")])
+            save()
+    if cuda and args.compile and "compile" in args.parts:   # last: compiling a UNet takes a minute or more
+        for name in ("paper", "small"):
+            tp = bench_throughput(name, device, [150], {"bf16+compile": {"bf16": True, "compile": True}})
+            res.setdefault(f"throughput_{name}", []).extend(tp["rows"])
+            res[f"compiled_slices_per_s_{name}"] = tp["best"]["slices_per_s"]
+            print_table(f"Compiled, {name} preset", [
+                (f"{r['variant']}, batch {r['batch']}", f"{r['slices_per_s']:.2f} slices/s, {r['tflops'] * 1e3:.1f} "
+                 f"GFLOP/s ({100 * r['tflops'] / peak:.1f}% of the matmul peak)") for r in tp["rows"]])
+            save()
+    return 0
+
+
+def noise_part(res: dict, device: torch.device, quick: bool) -> None:
+    if device.type == "cuda":   # a volume's worth of fields on the GPU; the package's pure Python gets two of them
+        res.update(bench_noise(device, batch=16 if quick else 150, size=256, package_fields=2))
+    else:
+        res.update(bench_noise(device, batch=2 if quick else 8, size=128 if quick else 256))
     print_table(f"Simplex noise: 6-octave {res['noise_size']}x{res['noise_size']} fields", [
-        ("fields", str(res["noise_fields"])), ("ours (s)", f"{res['noise_ours_s']:.3f}"),
-        ("opensimplex package (s)", f"{res['noise_package_s']:.2f}"), ("speed-up", f"{res['noise_speedup']:.0f}x"),
+        ("fields (ours / package)", f"{res['noise_fields']} / {res['noise_package_fields']}"),
+        ("ours (s)", f"{res['noise_ours_s']:.4f}"), ("opensimplex package (s)", f"{res['noise_package_s']:.2f}"),
+        ("speed-up per field", f"{res['noise_speedup']:.0f}x"),
         ("max |difference|", f"{res['noise_max_abs_diff']:.2e}")])
 
-    res.update(bench_sss_vs_iterative("paper" if cuda else "small", device, (250, 300)))
+
+def sss_part(res: dict, device: torch.device) -> None:
+    res.update(bench_sss_vs_iterative("paper" if device.type == "cuda" else "small", device, (250, 300)))
     print_table(f"Single-step vs iterative, one slice, {res['sss_preset']} preset", [
         ("one UNet call (s)", f"{res['unet_call_s']:.4f}")] + [
         (f"lambda={lam}: SSS / iterative (s)", f"{res[f'sss_s_{lam}']:.4f} / {res[f'iterative_s_{lam}']:.2f}  "
          f"ratio {res[f'sss_speedup_{lam}']:.0f}x, overhead {100 * res[f'sss_overhead_{lam}']:.1f}%")
         for lam in (250, 300)])
 
-    variants = {"fp32": {}}
-    if cuda:
-        variants = {"fp32": {}, "bf16": {"bf16": True}, "bf16+channels_last": {"bf16": True, "channels_last": True},
-                    "bf16+channels_last+compile": {"bf16": True, "channels_last": True, "compile": True}}
-    for name in ("small", "paper"):
-        sizes = ([1, 8] if args.quick else [1, 4, 16]) if not cuda else [1, 16, 64, 150]
-        if name == "paper" and not cuda:
-            sizes = [1] if args.quick else [1, 4]
-        tp = bench_throughput(name, device, sizes, variants)
-        res[f"slices_per_s_{name}"] = tp["best"]["slices_per_s"]
-        res[f"flops_per_slice_{name}"] = tp["flops_per_slice"]
-        res[f"throughput_{name}"] = tp["rows"]
-        print_table(f"Throughput, {name} preset ({tp['flops_per_slice'] / 1e9:.1f} GFLOP per slice)", [
-            (f"{r['variant']}, batch {r['batch']}", f"{r['slices_per_s']:.2f} slices/s, {r['tflops'] * 1e3:.1f} GFLOP/s, "
-             f"peak {r['peak_mem_mb']:.0f} MB") for r in tp["rows"]])
 
-    vol = bench_volume("paper" if cuda else "small", device, n_slices=150 if (cuda or not args.quick) else 40,
-                       batch=150 if cuda else DEFAULT_BATCH["cpu"])
-    res.update(vol)
-    print_table(f"Whole volume end to end, {vol['volume_slices']} slices, {vol['volume_preset']} preset", [
-        (k, f"{vol[k]:.3f} s") for k in ("preprocess_s", "model_s", "postprocess_s", "map_back_s", "volume_total_s")])
-
-    if args.json:
-        args.json.write_text(json.dumps(res, indent=2))
-    return 0
+def throughput_part(res: dict, name: str, device: torch.device, quick: bool, peak: float) -> None:
+    if device.type == "cuda":
+        sizes = [1, 16] if quick else [1, 16, 64, 150]
+        variants = {"fp32": {}, "bf16": {"bf16": True},
+                    "bf16+channels_last": {"bf16": True, "channels_last": True},
+                    "bf16+cudnn.benchmark": {"bf16": True, "cudnn_benchmark": True}}
+    else:
+        sizes = ([1, 8] if quick else [1, 4, 16]) if name == "small" else ([1] if quick else [1, 4])
+        variants = {"fp32": {}}
+    tp = bench_throughput(name, device, sizes, variants)
+    res[f"slices_per_s_{name}"] = tp["best"]["slices_per_s"]
+    res[f"flops_per_slice_{name}"] = tp["flops_per_slice"]
+    res[f"best_{name}"] = tp["best"]
+    res[f"throughput_{name}"] = tp["rows"]
+    res[f"peak_fraction_{name}"] = tp["best"]["tflops"] / peak
+    print_table(f"Throughput, {name} preset ({tp['flops_per_slice'] / 1e9:.1f} GFLOP per slice)", [
+        (f"{r['variant']}, batch {r['batch']}", f"{r['slices_per_s']:.2f} slices/s, {r['tflops'] * 1e3:.1f} "
+         f"GFLOP/s ({100 * r['tflops'] / peak:.1f}% of the matmul peak), peak {r['peak_mem_mb']:.0f} MB")
+        for r in tp["rows"]])
 
 
 if __name__ == "__main__":

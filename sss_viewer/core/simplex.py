@@ -432,22 +432,28 @@ def octave_noise(shape: tuple[int, int, int], seeds: torch.Tensor, cfg: NoiseCon
     z = (z[:1] if bool((z == z[0]).all()) else z).to(device)                         # one z: shared points
     hash2, grads = _tables(_permutations(seeds), device)
     shared = len(z) == 1
-    field = torch.zeros((b, h * w) if shared else (1, b * h * w), dtype=torch.float64, device=device)
+    rows, cols = (b, h * w) if shared else (1, b * h * w)
     every_table = torch.arange(b, device=device)[:, None]                            # (B, 1)
+    freq = torch.tensor([cfg.frequency * 2.0 ** k for k in range(cfg.octaves)], dtype=torch.float64,
+                        device=device)                                               # (K,) f_k
 
-    for k in range(cfg.octaves):
-        f = cfg.frequency * 2.0 ** k
+    def coords(part: slice) -> tuple[torch.Tensor, ...]:
+        """Coordinates of a piece of the octaves' points, octave after octave, and their tables."""
+        index = _arange(part, device)                                                # (n,)
+        f = freq[index // cols]                                                      # (n,) each point's f_k
+        index = index % cols
+        x, y = (index % w).double().mul_(f), (index // w % h).double().mul_(f)      # col f, row f
+        if shared:
+            return x, y, z.mul(f), every_table
+        sample = index // (h * w)
+        return x, y, z.index_select(0, sample).mul_(f), sample[None]
 
-        def coords(part: slice, f: float = f) -> tuple[torch.Tensor, ...]:
-            """Pixel coordinates of a piece of the (H W,) shared or (B H W,) per-sample points, and tables."""
-            index = _arange(part, device)                                            # (n,)
-            x, y = (index % w).double().mul_(f), (index // w % h).double().mul_(f)  # col f, row f
-            if shared:
-                return x, y, z.mul(f).expand_as(x), every_table
-            sample = index // (h * w)
-            return x, y, z.index_select(0, sample).mul_(f), sample[None]
-
-        _accumulate(field, coords, hash2, grads, weight=cfg.persistence ** k)
+    # Every octave in one pass (six times fewer, larger operations: what an accelerator needs), then summed.
+    octaves = torch.zeros((rows, cfg.octaves * cols), dtype=torch.float64, device=device)  # (rows, K cols)
+    _accumulate(octaves, coords, hash2, grads)
+    field = torch.zeros((rows, cols), dtype=torch.float64, device=device)           # (B, H W) or (1, B H W)
+    for k, octave in enumerate(octaves.split(cols, dim=1)):
+        field.add_(octave, alpha=cfg.persistence ** k)
     field = field.view(b, h, w)
     if cfg.standardize:
         std, mean = torch.std_mean(field, dim=(1, 2), correction=0, keepdim=True)   # (B, 1, 1)

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
+from scipy import sparse
 
 from .config import PreprocessConfig
 
@@ -257,49 +258,51 @@ class ModelVolume:
         """Number of axial slices (equals the canonical Z)."""
         return self.canonical_shape[2]
 
-    def _canonical_grid(self, k: int) -> torch.Tensor:
-        """grid_sample grid (1, kS, kS, 2) of canonical (y, x) at k × k sub-pixel centres of every model pixel.
+    def _canonical_weights(self, mode: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """1-D grid_sample weights of canonical x at model columns (S, X) and of canonical y at model rows (S, Y).
 
-        Normalised for a (1, Z, X, Y) channels-last view of the canonical array (width = y, height = x).
+        Each model pixel averages its k sub-pixel samples along each axis (k × k in the plane).
         """
         X, Y, _ = self.canonical_shape
         sx, sy, _ = self.spacing
         cx, cy = self.centre
-        n = k * self.image_size
-        offset = (np.arange(n) + 0.5 - n / 2) * (self.pixel_mm / k)  # (kS,) mm from the square's middle
+        S = self.image_size
+        offset = (np.arange(k * S) + 0.5 - k * S / 2) * (self.pixel_mm / k)  # (kS,) mm from the square's middle
         x = cx - offset / sx  # (kS,) canonical x along model columns
         y = cy - offset / sy  # (kS,) canonical y along model rows
-        grid = np.empty((1, n, n, 2))
-        grid[0, :, :, 0] = ((2 * y + 1) / Y - 1)[:, None]
-        grid[0, :, :, 1] = ((2 * x + 1) / X - 1)[None, :]
-        return torch.from_numpy(grid).float()
+        return (_axis_weights(x, X, mode).reshape(S, k, X).mean(axis=1),
+                _axis_weights(y, Y, mode).reshape(S, k, Y).mean(axis=1))
 
-    def _model_grid(self) -> torch.Tensor:
-        """grid_sample grid (1, X, Y, 2) of model (c, r) at every canonical voxel centre, normalised."""
+    def _model_weights(self, mode: str) -> tuple[np.ndarray, np.ndarray]:
+        """1-D grid_sample weights of model columns at canonical x (X, S) and of model rows at canonical y (Y, S)."""
         X, Y, _ = self.canonical_shape
         sx, sy, _ = self.spacing
         cx, cy = self.centre
         S = self.image_size
         c = (cx - np.arange(X)) * sx / self.pixel_mm + S / 2 - 0.5  # (X,)
         r = (cy - np.arange(Y)) * sy / self.pixel_mm + S / 2 - 0.5  # (Y,)
-        grid = np.empty((1, X, Y, 2))
-        grid[0, :, :, 0] = ((2 * c + 1) / S - 1)[:, None]
-        grid[0, :, :, 1] = ((2 * r + 1) / S - 1)[None, :]
-        return torch.from_numpy(grid).float()
+        return _axis_weights(c, S, mode), _axis_weights(r, S, mode)
 
     def _to_model(self, canonical: np.ndarray, mode: str, fill: float) -> np.ndarray:
         """Sample a canonical (X, Y, Z) array at every model pixel of every slice → (Z, S, S); outside → fill.
 
-        Bilinear sampling averages k × k sub-pixel samples, k = ceil(p / finest in-plane spacing), so
-        shrinking weighs every voxel under a model pixel (area-weighted anti-aliasing).
+        Bilinear sampling (float32 out) averages k × k sub-pixel samples, k = ceil(p / finest in-plane
+        spacing), so shrinking weighs every voxel under a model pixel (area-weighted anti-aliasing).
+        Nearest sampling keeps the input's dtype.
         """
+        X, Y, Z = self.canonical_shape
+        S = self.image_size
         k = 1 if mode == "nearest" else max(1, math.ceil(self.pixel_mm / min(self.spacing[:2]) - 1e-6))
-        src = torch.from_numpy(np.asarray(canonical, dtype=np.float32) - fill)[None].permute(0, 3, 1, 2)  # (1, Z, X, Y)
-        out = F.grid_sample(src, self._canonical_grid(k), mode=mode, padding_mode="zeros",
-                            align_corners=False)  # (1, Z, kS, kS)
-        if k > 1:
-            out = F.avg_pool2d(out, k)  # (1, Z, S, S)
-        return out[0].numpy() + fill
+        w_x, w_y = self._canonical_weights(mode, k)
+        # (S·S, X·Y): model pixel (r, c) ← canonical voxel (x, y)
+        operator = _separable_operator(w_y, w_x, strides=(1, Y), n_in=X * Y)
+        src = np.asarray(canonical).reshape(X * Y, Z)
+        if mode == "nearest":
+            out = _gather(operator, src, fill)  # (S·S, Z)
+        else:
+            out = operator @ np.subtract(src, fill, dtype=np.float32)  # (S·S, Z)
+            out += fill
+        return _transposed(out).reshape(Z, S, S)
 
     def mask_to_model(self, mask: np.ndarray) -> np.ndarray:
         """Canonical (X, Y, Z) label/mask (> 0 is inside) → (Z, S, S) bool, nearest neighbour, same transform."""
@@ -307,7 +310,7 @@ class ModelVolume:
         if mask.shape != self.canonical_shape:
             raise VolumeError(f"mask shape {mask.shape} is not the volume's canonical shape {self.canonical_shape}; "
                               "load it with load_mask(path, like=volume)")
-        return self._to_model(mask > 0, "nearest", 0.0) > 0.5
+        return self._to_model(mask > 0, "nearest", 0.0)
 
     def to_canonical(self, maps: np.ndarray, order: str = "linear", first_slice: int = 0) -> np.ndarray:
         """Model-space maps (n, S, S) for slices first_slice … first_slice + n - 1 → canonical (X, Y, Z).
@@ -325,13 +328,64 @@ class ModelVolume:
         n = maps.shape[0]
         if first_slice < 0 or first_slice + n > self.n_slices:
             raise VolumeError(f"slices {first_slice}..{first_slice + n - 1} are outside 0..{self.n_slices - 1}")
-        src = torch.from_numpy(maps.astype(np.float32))[None]  # (1, n, S, S)
-        mode = "bilinear" if order == "linear" else "nearest"
-        sampled = F.grid_sample(src, self._model_grid(), mode=mode, padding_mode="zeros",
-                                align_corners=False)[0]  # (n, X, Y)
-        out = np.zeros(self.canonical_shape, dtype=np.float32)  # (X, Y, Z)
-        out[:, :, first_slice:first_slice + n] = sampled.permute(1, 2, 0).numpy()
-        return out > 0.5 if maps.dtype == bool and order == "nearest" else out
+        X, Y, Z = self.canonical_shape
+        nearest = order == "nearest"
+        w_c, w_r = self._model_weights("nearest" if nearest else "bilinear")
+        # (X·Y, S·S): canonical voxel (x, y) ← model pixel (r, c)
+        operator = _separable_operator(w_c, w_r, strides=(1, S), n_in=S * S)
+        dtype = bool if nearest and maps.dtype == bool else np.float32
+        src = _transposed(maps.reshape(n, S * S).astype(dtype, copy=False))  # (S·S, n)
+        sampled = (_gather(operator, src, 0) if nearest else operator @ src).reshape(X, Y, n)
+        if n == Z:
+            return sampled
+        out = np.zeros(self.canonical_shape, dtype=dtype)  # (X, Y, Z)
+        out[:, :, first_slice:first_slice + n] = sampled
+        return out
+
+
+def _axis_weights(coord: np.ndarray, size: int, mode: str) -> np.ndarray:
+    """(n, size) float32 weights of grid_sample along one axis of `size` pixels at pixel coordinates coord (n,).
+
+    Row i holds grid_sample's own samples at coord[i] of the unit impulses at every pixel (zeros padding,
+    align_corners=False, float32 grid as a 2-D grid would hold it), so its rounding is reproduced exactly.
+    """
+    grid = np.zeros((1, 1, len(coord), 2), dtype=np.float32)
+    grid[0, 0, :, 0] = (2 * coord + 1) / size - 1  # (n,) normalised; height 1, sampled at its centre
+    impulses = np.eye(size, dtype=np.float32)[None, :, None, :]  # (1, size, 1, size): channel j is 1 at pixel j
+    return F.grid_sample(torch.from_numpy(impulses), torch.from_numpy(grid), mode=mode, padding_mode="zeros",
+                         align_corners=False)[0, :, 0].T.numpy()
+
+
+def _gather(operator: sparse.csr_matrix, src: np.ndarray, fill) -> np.ndarray:
+    """operator @ src for a nearest-neighbour operator (one weight of 1 a row; none outside → fill), as an
+    exact row gather."""
+    inside = np.diff(operator.indptr) > 0  # (rows,)
+    index = np.zeros(operator.shape[0], dtype=np.intp)
+    index[inside] = operator.indices
+    out = src[index]  # (rows, n), src's dtype
+    out[~inside] = fill
+    return out
+
+
+def _transposed(a: np.ndarray, block: int = 256) -> np.ndarray:
+    """C-contiguous copy of a.T for a 2-D array, `block` rows of `a` at a time (cache-friendly for tall arrays)."""
+    out = np.empty(a.shape[::-1], dtype=a.dtype)
+    for start in range(0, a.shape[0], block):
+        out[:, start:start + block] = a[start:start + block].T
+    return out
+
+
+def _separable_operator(w_major: np.ndarray, w_minor: np.ndarray, strides: tuple[int, int],
+                        n_in: int) -> sparse.csr_matrix:
+    """Sparse (m·n, n_in) map:
+    output[i·n + j] = Σ_ab w_major[i, a] · w_minor[j, b] · input[a·strides[0] + b·strides[1]]."""
+    i, a = np.nonzero(w_major)
+    j, b = np.nonzero(w_minor)
+    rows = i[:, None] * w_minor.shape[0] + j[None, :]  # (taps of major, taps of minor)
+    cols = a[:, None] * strides[0] + b[None, :] * strides[1]
+    values = w_major[i, a][:, None] * w_minor[j, b][None, :]
+    return sparse.csr_matrix((values.ravel(), (rows.ravel(), cols.ravel())),
+                             shape=(w_major.shape[0] * w_minor.shape[0], n_in))
 
 
 def stretch_contrast(data: np.ndarray, brain: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -348,6 +402,24 @@ def stretch_contrast(data: np.ndarray, brain: np.ndarray, low: float, high: floa
         out = np.ones(data.shape, dtype=np.float32)
     out[~brain] = -1.0
     return out
+
+
+def _percentiles(values: np.ndarray, q: Sequence[float]) -> tuple[float, ...]:
+    """np.percentile(values, q) (linear method), selecting only the two order statistics each needs; reorders `values`.
+
+    Percentile p lies at position i = (n - 1) · p / 100 of the sorted values v:
+    v[⌊i⌋] + (v[⌊i⌋ + 1] - v[⌊i⌋]) · frac(i).
+    np.quantile of that pair at frac(i) does numpy's own interpolation, so the result is bit-identical.
+    """
+    n = values.size
+    out = []
+    for p in q:
+        position = (n - 1) * (np.float64(p) / 100)  # numpy's virtual index
+        k = min(int(position), n - 1)
+        values.partition(k)  # values[k] is the k-th smallest, larger ones after it
+        pair = np.array([values[k], values[k + 1:].min() if k + 1 < n else values[k]])
+        out.append(float(np.quantile(pair, [position - k])[0]))
+    return tuple(out)
 
 
 def prepare(volume: Volume | np.ndarray, cfg: PreprocessConfig = PreprocessConfig(),
@@ -384,7 +456,7 @@ def prepare(volume: Volume | np.ndarray, cfg: PreprocessConfig = PreprocessConfi
     if not brain.any():
         raise VolumeError(f"{name} has no voxel above the brain threshold {background + cfg.brain_threshold:g}; "
                           "is it an empty mask, or is brain_threshold too high?")
-    low, high = (float(v) for v in np.percentile(data[brain], [cfg.percentile_low, cfg.percentile_high]))
+    low, high = _percentiles(data[brain], (cfg.percentile_low, cfg.percentile_high))
     stretched = stretch_contrast(data, brain, low, high)  # (X, Y, Z) in [-1, 1]
 
     xs = np.flatnonzero(brain.any(axis=(1, 2)))
@@ -401,7 +473,7 @@ def prepare(volume: Volume | np.ndarray, cfg: PreprocessConfig = PreprocessConfi
         centre=((x0 + x1) / 2, (y0 + y1) / 2), pixel_mm=pixel_mm, brain_box=(x0, x1, y0, y1),
         intensity_range=(low, high), background=background)
     return replace(geometry,
-                   data=geometry._to_model(stretched, "bilinear", -1.0).astype(np.float32),  # (Z, S, S)
+                   data=geometry._to_model(stretched, "bilinear", -1.0),  # (Z, S, S) float32
                    brain_mask=geometry._to_model(brain, "bilinear", 0.0) > 0.5)  # (Z, S, S)
 
 

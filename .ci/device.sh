@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# A lent GPU session's checks, as one script (CI never runs it): CUDA tests, demo-checkpoint training, sss-bench.
+#
+# From the repository root, with torch (CUDA), numpy, scipy, pytest and tqdm installed and nibabel,
+# opensimplex, platformdirs importable:
+#   bash .ci/device.sh full DATA OUT [TRAIN_S]           two demo runs from scratch (template alone; the four
+#                                                        healthy T1s), then every sss-bench part
+#   bash .ci/device.sh finetune DATA OUT TRAIN_S INIT    two template runs from INIT's weights (paper-strength
+#                                                        and unit-std noise), then the noise, sss and volume parts
+# DATA holds the healthy T1s named in resources/README.md (<name>/t1.nii.gz); OUT receives logs, the trained
+# model.pt files and bench.json. Runs live in /tmp (full checkpoints are large). A dry run on a CPU:
+#   DEV=cpu BENCH=--quick bash .ci/device.sh full DATA OUT 20
+set -u
+MODE=$1 DATA=$2 OUT=$3 TRAIN_S=${4:-240} INIT=${5:-}
+DEV=${DEV:-cuda} BENCH=${BENCH:-}
+RUNS=/tmp/sss-runs T1=$DATA/mni152-2009a/t1.nii.gz
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 SSS_VIEWER_CACHE_DIR=/tmp/sss-cache
+mkdir -p "$OUT" "$RUNS"
+stage() { echo "== [$SECONDS s] $*"; }
+
+train() {   # name, sss-train options...; SIGINT at the end of the budget saves model.pt (EMA weights)
+    local name=$1; shift
+    timeout -s INT -k 60 "$TRAIN_S" python3 -m trainer.cli --out "$RUNS/$name" --preset small --batch-size 64 \
+        --steps 1000000 --lr 2e-4 --save-every 2000 --preview-every 2000 --log-every 50 --seed 0 "$@" \
+        >"$OUT/train-$name.log" 2>&1
+}
+
+stage "machine"
+python3 -c "import nibabel, opensimplex, platformdirs, tqdm, scipy, sss_viewer.cli.bench, sss_viewer.cli.detect, \
+trainer.cli, trainer.demo" || exit 3
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+python3 -c "import torch, platform; print(platform.python_version(), torch.__version__, torch.cuda.get_device_name())"
+
+stage "$MODE: two sss-train runs side by side for $TRAIN_S s (a small UNet alone leaves the GPU idle)"
+if [ "$MODE" = full ]; then
+    NAMES="mixed template"
+    train mixed --data "$T1" "$DATA/voxelmorph-test/t1.nii.gz" "$DATA/brainchop/t1.nii.gz" \
+        "$DATA/freesurfer-brainmask/t1.nii.gz" &
+    train template --data "$T1" &
+else
+    NAMES="tuned tuned-unit"
+    train tuned --init "$INIT" --data "$T1" &
+    train tuned-unit --init "$INIT" --unit-noise --data "$T1" &
+fi
+stage "CUDA tests, meanwhile"
+python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tail -25
+wait
+for name in $NAMES; do
+    tail -2 "$OUT/train-$name.log"; tail -1 "$RUNS/$name/log.jsonl"
+    cp "$RUNS/$name/model.pt" "$OUT/$name.pt"
+done
+
+stage "demo quality ($DEV)"
+for name in $NAMES; do
+    timeout 60 python3 -m trainer.demo "$T1" --check "$OUT/$name.pt" --device "$DEV" | tee "$RUNS/check-$name.json"
+done
+
+if [ "$MODE" = full ]; then
+    stage "sss-detect on the demo volume ($DEV)"
+    timeout 60 python3 -m sss_viewer.cli.detect resources/demo_t1.nii.gz --out "$RUNS/detect" \
+        --checkpoint "$OUT/mixed.pt" --device "$DEV" && head -40 "$RUNS/detect/demo_t1.json"
+    stage "sss-bench ($DEV)"
+    timeout $(( 560 - SECONDS > 30 ? 560 - SECONDS : 30 )) python3 -m sss_viewer.cli.bench --device "$DEV" \
+        --json "$OUT/bench.json" $BENCH
+else
+    stage "sss-bench noise, sss, volume ($DEV)"
+    python3 -m sss_viewer.cli.bench --device "$DEV" --parts noise,sss,volume --json "$OUT/bench.json" $BENCH
+fi
+
+stage "packing"
+tar czf "$OUT/runs.tgz" -C "$RUNS" --exclude='*.pt' .
+ls -la "$OUT"
