@@ -1,8 +1,8 @@
 """The bundled demo works end to end: the shipped checkpoint runs on the demo volume and touches its lesion.
 
-The floors below guard the shipped checkpoint against regressions (a misaligned mask or a broken
-checkpoint scores about 0); the demo's acceptance targets (slice-wise Dice >= 0.5, a near-empty
-mask on the healthy template) are tracked in resources/README.md with the measured values.
+The demo's acceptance targets, at the default settings (lambda 300, threshold 0.3, post-processing):
+slice-wise Dice >= 0.5 on the lesion's slices, and a near-empty mask on the healthy template (the
+shipped checkpoint measures 0.603 and 1.5 % of brain pixels; resources/README.md).
 """
 
 import pytest
@@ -10,8 +10,8 @@ import pytest
 from sss_viewer.core.resources import DEMO_CHECKPOINT, resource
 from trainer.demo import check
 
-LESION_DICE_FLOOR = 0.2          # shipped checkpoint: see resources/README.md for the measured value
-HEALTHY_FLAGGED_CEILING = 0.15
+LESION_DICE_FLOOR = 0.5          # the issue's target
+HEALTHY_FLAGGED_CEILING = 0.03   # share of the template's brain pixels; a misfit model flags 5-20 %
 
 
 @pytest.fixture(scope="module")
