@@ -437,16 +437,17 @@ def octave_noise(shape: tuple[int, int, int], seeds: torch.Tensor, cfg: NoiseCon
     freq = torch.tensor([cfg.frequency * 2.0 ** k for k in range(cfg.octaves)], dtype=torch.float64,
                         device=device)                                               # (K,) f_k
 
+    # Every point of every octave, octave after octave: (K cols,) float64 coordinates (col f_k, row f_k, z f_k).
+    index = torch.arange(cols, device=device)                                        # (cols,)
+    col, row = (index % w).double(), (index // w % h).double()
+    sample = index // (h * w)                                                        # (cols,) its slice
+    x, y = (torch.outer(freq, v).view(-1) for v in (col, row))                       # (K cols,)
+    z = torch.outer(freq, z.expand(cols) if shared else z.index_select(0, sample)).view(-1)  # (K cols,)
+    tables = sample.repeat(cfg.octaves)[None]                                        # (1, K cols)
+
     def coords(part: slice) -> tuple[torch.Tensor, ...]:
-        """Coordinates of a piece of the octaves' points, octave after octave, and their tables."""
-        index = _arange(part, device)                                                # (n,)
-        f = freq[index // cols]                                                      # (n,) each point's f_k
-        index = index % cols
-        x, y = (index % w).double().mul_(f), (index // w % h).double().mul_(f)      # col f, row f
-        if shared:
-            return x, y, z.mul(f), every_table
-        sample = index // (h * w)
-        return x, y, z.index_select(0, sample).mul_(f), sample[None]
+        """A piece of the points, and their tables: every table (shared points) or each point's own."""
+        return x[part], y[part], z[part], every_table if shared else tables[:, part]
 
     # Every octave in one pass (six times fewer, larger operations: what an accelerator needs), then summed.
     octaves = torch.zeros((rows, cfg.octaves * cols), dtype=torch.float64, device=device)  # (rows, K cols)
