@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable
 
 import torch
@@ -296,15 +297,11 @@ def _floor(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return whole.to(torch.float64).add_(v - clamped), whole.bitwise_and_(255)
 
 
-def _noise3_chunk(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, table: torch.Tensor, hash2: torch.Tensor,
-                  grads: tuple[torch.Tensor, ...], group: int, out: torch.Tensor, weight: float) -> None:
-    """out (T, n) += weight x OpenSimplex 3D noise at flat float64 points (n,) with the tables `table`:
-    (T, 1), every table at every point (taken `group` tables at a time), or (1, n), one table per point.
+def _geometry(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> list[tuple]:
+    """Everything about flat float64 points (n,) that does not depend on the seed: per region of the
+    super-cell, (its points (m,), _region_terms, hash index (m,) into table 0, gradient index (m,)).
 
-    noise = sum over the lattice points v the package selects of max(0, 2 - |d_v|^2)^4 <g_v, d_v> / 103,
-    d_v the point's displacement from v in space, g_v the gradient hashed from v's lattice coordinates.
-    Positions and branch decisions follow the package's float64 operations exactly; the points of each
-    region of the super-cell are gathered and summed together.
+    Positions and branch decisions follow the package's float64 operations exactly.
     """
     # Place input coordinates on the simplectic honeycomb; find the super-cell and the region in it.
     stretch = (x + y + z).mul_(_STRETCH)                                             # (n,)
@@ -317,39 +314,59 @@ def _noise3_chunk(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, table: torc
     tetra0, tetra1 = in_sum <= 1, in_sum >= 2
     hash_base = xm.mul_(_SIDE).add_(ym)                                              # (n,) into hash2, table 0
 
-    regions = []                                                                     # (points, terms, hash, grad)
+    regions = []
     for region, mask in enumerate((tetra0, tetra1, ~(tetra0 | tetra1))):
         points = mask.nonzero().squeeze(1)                                           # (m,)
         if len(points):
             terms = _region_terms(region, *[tuple(v.index_select(0, points) for v in vs) for vs in (d0, ins)],
                                   in_sum.index_select(0, points))
             regions.append((points, terms, hash_base.index_select(0, points), zm.index_select(0, points)))
+    return regions
+
+
+def _noise3_chunk(regions: list[tuple], n: int, table: torch.Tensor, hash2: torch.Tensor,
+                  grads: tuple[torch.Tensor, ...], group: int, out: torch.Tensor, weight: float) -> None:
+    """out (T, n) += weight x OpenSimplex 3D noise at n points given by their _geometry, with the tables
+    `table`: (T, 1), every table at every point (taken `group` tables at a time), or (1, n), one table a point.
+
+    noise = sum over the lattice points v the package selects of max(0, 2 - |d_v|^2)^4 <g_v, d_v> / 103,
+    d_v the point's displacement from v in space, g_v the gradient hashed from v's lattice coordinates;
+    the points of each region of the super-cell are gathered and summed together.
+    """
     for rows in range(0, table.shape[0], group):
-        value = torch.empty((min(group, table.shape[0] - rows), len(x)), dtype=x.dtype, device=x.device)  # (G, n)
+        value = torch.empty((min(group, table.shape[0] - rows), n), dtype=torch.float64, device=out.device)  # (G, n)
         for points, terms, hash_at, grad_at in regions:
             t = table[rows:rows + group] if table.shape[1] == 1 else table.index_select(1, points)   # (G,1), (1,m)
             value.index_copy_(1, points, _sum_terms(terms, hash_at + t * _HASH2, grad_at + t * _GRADS, hash2, grads))
         out[rows:rows + group].add_(value.div_(_NORM), alpha=weight)
 
 
-def _accumulate(out: torch.Tensor, coords: Callable[[slice], tuple[torch.Tensor, ...]], hash2: torch.Tensor,
-                grads: torch.Tensor, weight: float = 1.0) -> None:
-    """out (T, N) float64 += weight x noise at N points, a piece at a time: coords(part) gives the piece's
-    float64 x, y, z (n,) and its tables, (T, 1) or (1, n) (see _noise3_chunk).
+def _pieces(n_points: int, tables: int, device: torch.device) -> tuple[list[slice], int]:
+    """How _accumulate splits N points with T tables: the pieces, and the tables taken per pass.
 
     On a CPU every operation stays within torch's parallel grain (_CPU_CHUNK elements): it runs on one
     thread, in cache, unaffected by thread stalls on a busy machine.
     """
-    grads = tuple(grads)                                                             # gx, gy, gz
-    tables = out.shape[0]
-    if out.device.type == "cpu":
+    if device.type == "cpu":
         size = max(_CPU_CHUNK // tables, _CPU_CHUNK // 4)                             # points per piece
         group = max(_CPU_CHUNK // size, 1)                                           # tables per pass
     else:
         size, group = max(_DEVICE_CHUNK // tables, 1), tables
-    for start in range(0, out.shape[1], size):
-        part = slice(start, min(start + size, out.shape[1]))
-        _noise3_chunk(*coords(part), hash2, grads, group, out[:, part], weight)
+    return [slice(start, min(start + size, n_points)) for start in range(0, n_points, size)], group
+
+
+def _accumulate(out: torch.Tensor, coords: Callable[[slice], tuple[torch.Tensor, ...]], hash2: torch.Tensor,
+                grads: torch.Tensor, weight: float = 1.0,
+                geometry: Callable[[slice, tuple[torch.Tensor, ...]], list[tuple]] | None = None) -> None:
+    """out (T, N) float64 += weight x noise at N points, a piece at a time: coords(part) gives the piece's
+    float64 x, y, z (n,) and its tables, (T, 1) or (1, n) (see _noise3_chunk); geometry(part, xyz), if
+    given, returns the piece's _geometry (e.g. from a cache)."""
+    grads = tuple(grads)                                                             # gx, gy, gz
+    pieces, group = _pieces(out.shape[1], out.shape[0], out.device)
+    for part in pieces:
+        *xyz, table = coords(part)
+        regions = geometry(part, xyz) if geometry is not None else _geometry(*xyz)
+        _noise3_chunk(regions, part.stop - part.start, table, hash2, grads, group, out[:, part], weight)
 
 
 def _arange(part: slice, device: torch.device) -> torch.Tensor:
@@ -411,6 +428,32 @@ def noise3_batch(x, y, z, seeds: torch.Tensor) -> torch.Tensor:
     return out.reshape(samples, *x.shape[1:]).to(dtype)
 
 
+class _GeometryCache:
+    """The _geometry of the pieces of the last few shared-point grids (a volume's slices at one timestep
+    share one), newest last; about 0.3 KiB a point, so a 128 x 128 slice's six octaves take ~30 MB."""
+
+    def __init__(self, grids: int = 2):
+        self.grids, self.entries, self.lock = grids, {}, threading.Lock()
+
+    def getter(self, key: tuple) -> Callable[[slice, tuple[torch.Tensor, ...]], list[tuple]]:
+        """geometry(part, xyz) for _accumulate: the cached pieces of `key`, computed on first use."""
+        with self.lock:
+            pieces = self.entries.pop(key, {})
+            self.entries[key] = pieces                                               # newest last
+            while len(self.entries) > self.grids:
+                self.entries.pop(next(iter(self.entries)))
+
+        def geometry(part: slice, xyz: tuple[torch.Tensor, ...]) -> list[tuple]:
+            span = (part.start, part.stop)
+            if span not in pieces:
+                pieces[span] = _geometry(*xyz)
+            return pieces[span]
+        return geometry
+
+
+_GEOMETRY_CACHE = _GeometryCache()
+
+
 @torch.no_grad()
 def octave_noise(shape: tuple[int, int, int], seeds: torch.Tensor, cfg: NoiseConfig,
                  z: torch.Tensor | float = 0.0, device=None) -> torch.Tensor:
@@ -433,6 +476,7 @@ def octave_noise(shape: tuple[int, int, int], seeds: torch.Tensor, cfg: NoiseCon
     hash2, grads = _tables(_permutations(seeds), device)
     shared = len(z) == 1
     rows, cols = (b, h * w) if shared else (1, b * h * w)
+    key = (h, w, float(z[0]), cfg.octaves, cfg.frequency, str(device), rows)        # the grid, if shared
     every_table = torch.arange(b, device=device)[:, None]                            # (B, 1)
     freq = torch.tensor([cfg.frequency * 2.0 ** k for k in range(cfg.octaves)], dtype=torch.float64,
                         device=device)                                               # (K,) f_k
@@ -450,8 +494,9 @@ def octave_noise(shape: tuple[int, int, int], seeds: torch.Tensor, cfg: NoiseCon
         return x[part], y[part], z[part], every_table if shared else tables[:, part]
 
     # Every octave in one pass (six times fewer, larger operations: what an accelerator needs), then summed.
+    # Shared points have the same geometry for every seed: it is kept for the next call with the same grid.
     octaves = torch.zeros((rows, cfg.octaves * cols), dtype=torch.float64, device=device)  # (rows, K cols)
-    _accumulate(octaves, coords, hash2, grads)
+    _accumulate(octaves, coords, hash2, grads, geometry=_GEOMETRY_CACHE.getter(key) if shared else None)
     field = torch.zeros((rows, cols), dtype=torch.float64, device=device)           # (B, H W) or (1, B H W)
     for k, octave in enumerate(octaves.split(cols, dim=1)):
         field.add_(octave, alpha=cfg.persistence ** k)
