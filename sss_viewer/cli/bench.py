@@ -16,8 +16,7 @@ import torch
 
 from ..core.anomaly import DEFAULT_BATCH, DEFAULT_TIMESTEP, Detector, detect_volume, resolve_device
 from ..core.config import PRESETS, NoiseConfig
-from ..core import simplex
-from ..core.simplex import octave_noise
+from ..core.simplex import forget_geometry, octave_noise
 from ..core.unet import UNet
 from ..core.volume import prepare
 
@@ -91,7 +90,7 @@ def bench_noise(device: torch.device, batch: int, size: int = 256, package_field
     n_ref = batch if package_fields is None else min(package_fields, batch)
 
     def cold() -> torch.Tensor:                      # the shared geometry recomputed, as the package does
-        simplex._GEOMETRY_CACHE.entries.clear()
+        forget_geometry()
         return octave_noise((batch, size, size), seeds, cfg, z=300.0, device=device)
     ours_s = timed(cold, device)
     ours = octave_noise((batch, size, size), seeds, cfg, z=300.0, device=device)[:n_ref].cpu().numpy()

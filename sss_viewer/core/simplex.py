@@ -454,6 +454,12 @@ class _GeometryCache:
 _GEOMETRY_CACHE = _GeometryCache()
 
 
+def forget_geometry() -> None:
+    """Drop the kept grid geometry (to time cold computation, or to free its memory)."""
+    with _GEOMETRY_CACHE.lock:
+        _GEOMETRY_CACHE.entries.clear()
+
+
 @torch.no_grad()
 def octave_noise(shape: tuple[int, int, int], seeds: torch.Tensor, cfg: NoiseConfig,
                  z: torch.Tensor | float = 0.0, device=None) -> torch.Tensor:
