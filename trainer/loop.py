@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import platform
 import re
 import shlex
 import signal
@@ -34,7 +33,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from sss_viewer.core.anomaly import resolve_device
+from sss_viewer.core.anomaly import describe_machine, resolve_device
 from sss_viewer.core.checkpoint import (CheckpointError, file_sha256, preset_from_dict, read_checkpoint,
                                        save_checkpoint)
 from sss_viewer.core.config import PRESETS, Preset
@@ -199,21 +198,6 @@ def _replace_by_link(src: Path, dst: Path) -> None:
     except OSError:
         tmp.write_bytes(src.read_bytes())
     os.replace(tmp, dst)
-
-
-def _machine(device: torch.device) -> str:
-    """Platform, torch version and the device's name, for provenance."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = platform.processor() or platform.machine()
-        try:
-            name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                        if line.startswith("model name"))
-        except (OSError, StopIteration):
-            pass
-        name = f"CPU {name}, {os.cpu_count()} cores"
-    return f"{platform.platform()}; Python {platform.python_version()}; torch {torch.__version__}; {name}"
 
 
 def _adamw(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -404,7 +388,7 @@ class Trainer:
     def _session(self, wall_s: float) -> dict[str, Any]:
         return {"command": self.cfg.command, "start_step": self.start_step, "end_step": self.step,
                 "wall_s": round(wall_s, 1), "world_size": self.ctx.world, "batch_size": self.cfg.batch_size,
-                "device": str(self.device), "machine": _machine(self.device)}
+                "device": str(self.device), "machine": describe_machine(self.device)}
 
     def provenance(self, sessions: list[dict[str, Any]]) -> str:
         """Human-readable record: what was trained on what, how, for how long, where."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -14,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.anomaly import DEFAULT_BATCH, DEFAULT_TIMESTEP, Detector, detect_volume, resolve_device
+from ..core.anomaly import (DEFAULT_BATCH, DEFAULT_TIMESTEP, Detector, describe_machine, detect_volume,
+                            resolve_device)
 from ..core.config import PRESETS, NoiseConfig
 from ..core.simplex import forget_geometry, octave_noise
 from ..core.unet import UNet
@@ -166,7 +166,7 @@ def bench_throughput(preset_name: str, device: torch.device, batch_sizes: list[i
                 x = x.contiguous(memory_format=torch.channels_last)
             t = torch.full((b,), 300, device=device)
 
-            def call():
+            def call(fn=fn, x=x, t=t):
                 with torch.inference_mode(), amp:
                     fn(x, t)
             with PeakMemory(device) as mem:
@@ -217,12 +217,6 @@ def bench_volume(preset_name: str, device: torch.device, n_slices: int, batch: i
     return {"volume_preset": preset_name, "volume_slices": n_slices, "volume_batch": batch, **best}
 
 
-def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-
-
 def print_table(title: str, rows: list[tuple[str, str]]) -> None:
     print(f"\n## {title}")
     width = max(len(k) for k, _ in rows)
@@ -252,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sss-bench: {e}", file=sys.stderr)
         return 2
     cuda = device.type == "cuda"
-    res: dict = {"device": str(device), "machine": machine(device), "torch": torch.__version__,
+    res: dict = {"device": str(device), "machine": describe_machine(device), "torch": torch.__version__,
                  "date": time.strftime("%Y-%m-%d")}
 
     def save() -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import platform
+import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -168,6 +171,21 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("CUDA was requested but this PyTorch has no usable GPU; use --device cpu")
     return device
+
+
+def describe_machine(device: torch.device) -> str:
+    """Platform, Python and torch versions and the device's name (a CPU's model and core count), for records."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = platform.processor() or platform.machine()
+        try:
+            name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                        if line.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
+        name = f"CPU {name}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    return f"{platform.platform()}; Python {platform.python_version()}; torch {torch.__version__}; {name}"
 
 
 class Detector:
