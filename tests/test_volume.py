@@ -474,7 +474,8 @@ def test_to_canonical_matches_grid_sample(resampling_case):
     for first, n in [(0, Z), (1, Z - 2), (Z - 1, 1)]:
         heat = rng.standard_normal((n, S, S)).astype(np.float32) * 10
         np.testing.assert_allclose(mv.to_canonical(heat, "linear", first),
-                                   reference_to_canonical(mv, heat, "bilinear", first), rtol=0, atol=1e-5 * np.ptp(heat))
+                                   reference_to_canonical(mv, heat, "bilinear", first),
+                                   rtol=0, atol=1e-5 * np.ptp(heat))
         mask = rng.random((n, S, S)) < 0.5
         back = mv.to_canonical(mask, "nearest", first)
         assert back.dtype == bool
