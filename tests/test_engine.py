@@ -273,19 +273,20 @@ def test_slice_scores_equal_numpy_percentile_per_slice():
             brain[0] = False                                                  # a slice without brain
             brain[1] = False
             brain[1, 0, 0] = True                                             # a single brain pixel
-            expect = [np.percentile(e[b], 99) if b.any() else 0.0 for e, b in zip(error, brain)]
+            expect = [np.percentile(e[b], [99])[0] if b.any() else 0.0 for e, b in zip(error, brain)]
             got = slice_scores(error, brain)
             assert got.dtype == np.float32
             np.testing.assert_array_equal(got, np.array(expect, np.float32))
-            whole = np.percentile(error.reshape(len(error), -1), 99, axis=1).astype(np.float32)
+            whole = np.percentile(error.reshape(len(error), -1), [99], axis=1)[0].astype(np.float32)
             np.testing.assert_array_equal(slice_scores(error), whole)
     error = rng.random((2, 8, 8), np.float32)
     error[1, 3, 3] = np.nan
     everywhere = np.ones(error.shape, bool)
-    np.testing.assert_array_equal(slice_scores(error, everywhere), [np.percentile(error[0], 99), np.nan])
+    np.testing.assert_array_equal(slice_scores(error, everywhere),
+                                  np.array([np.percentile(error[0], [99])[0], np.nan], np.float32))
     np.testing.assert_array_equal(slice_scores(error[:1], np.zeros((1, 8, 8), bool)), [0.0])
     error[:, 0, 0] = np.inf                                                # numpy's lerp gives NaN for a lone inf
     single = np.zeros(error.shape, bool)
     single[:, 0, 0] = True
     with np.errstate(invalid="ignore"):
-        np.testing.assert_array_equal(slice_scores(error[:1], single[:1]), [np.percentile(error[0, 0, :1], 99)])
+        np.testing.assert_array_equal(slice_scores(error[:1], single[:1]), [np.percentile(error[0, 0, :1], [99])[0]])

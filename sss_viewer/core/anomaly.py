@@ -16,7 +16,7 @@ from scipy import ndimage
 
 from .config import Preset
 from .diffusion import Diffusion
-from .volume import ModelVolume
+from .volume import ModelVolume, percentile
 
 DEFAULT_TIMESTEP = 300
 DEFAULT_THRESHOLD = 0.3
@@ -121,36 +121,22 @@ def consensus_mask(masks: Sequence[np.ndarray], votes: int | None = None) -> np.
 
 
 def slice_scores(error: np.ndarray, brain: np.ndarray | None = None) -> np.ndarray:
-    """Per-slice anomaly score: the 99th percentile of the heat map inside the brain, (B, H, W) -> (B,)."""
-    # Bit for bit np.percentile(values, 99) ('linear'): with v = 0.99 (n - 1), the lerp in the input dtype of the
-    # order statistics floor(v) and floor(v) + 1 by v - floor(v); 0 for a slice without brain, NaN if it holds a NaN.
+    """Per-slice anomaly score: the 99th percentile of the heat map inside the brain (volume.percentile),
+    (B, H, W) -> (B,) float32; 0 for a slice without brain, NaN for one that holds a NaN."""
     error = np.asarray(error)
     if error.dtype.kind != "f":
         error = error.astype(np.float64)                                  # np.percentile's integer arithmetic
     if brain is None:
-        neg = -error.ravel()                                              # (B * H * W,) negated, slice after slice
+        values = error.reshape(-1).copy()                                 # (B * H * W,) slice after slice
         counts = np.full(len(error), np.prod(error.shape[1:], dtype=np.intp))
     else:
-        neg = -error[brain]                                               # (N,) negated brain values, slice after slice
+        values = error[brain]                                             # (N,) brain values, slice after slice
         counts = np.count_nonzero(brain, axis=tuple(range(1, brain.ndim)))  # (B,)
     scores = np.zeros(len(error), np.float32)
-    has = np.flatnonzero(counts)                                          # (B',) slices with values
-    n = counts[has]
-    first = (np.cumsum(counts) - counts)[has]                             # (B',) each slice's start in neg
-    virtual = (n - 1) * 0.99                                              # (B',) numpy's virtual index
-    lo = np.floor(virtual).astype(np.intp)                                # (B',) lower order statistic
-    gamma = np.where(n > 1, virtual - lo, 1.0)                            # numpy's weight; 1 for n == 1 (index -1)
-    a, b = np.empty(len(n), neg.dtype), np.empty(len(n), neg.dtype)       # (B',) order statistics lo, lo + 1
-    # Select from the top (negated): numpy's partition is fast for a kth near the start even when most values
-    # tie (zeros), but can be many times slower for one near the end.
-    for i, (f, m, k) in enumerate(zip(first, n, n - 1 - lo)):             # k: rank of a from the top
-        seg = neg[f:f + m]                                                # (m,) a view: partitioned in place
-        seg.partition(k)
-        a[i] = -seg[k]
-        b[i] = -seg[:k].max() if k else a[i]
-    diff = b - a
-    lerp = np.where(gamma >= 0.5, b - diff * (1 - gamma).astype(a.dtype), a + diff * gamma.astype(a.dtype))
-    scores[has] = np.where(np.logical_or.reduceat(np.isnan(neg), first), np.nan, lerp)
+    for i, (start, n) in enumerate(zip(np.cumsum(counts) - counts, counts)):
+        seg = values[start:start + n]                                     # (n,) a view: reordered in place
+        if n:
+            scores[i] = np.nan if np.isnan(seg).any() else percentile(seg, 99)
     return scores
 
 

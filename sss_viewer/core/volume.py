@@ -404,22 +404,30 @@ def stretch_contrast(data: np.ndarray, brain: np.ndarray, low: float, high: floa
     return out
 
 
-def _percentiles(values: np.ndarray, q: Sequence[float]) -> tuple[float, ...]:
-    """np.percentile(values, q) (linear method), selecting only the two order statistics each needs; reorders `values`.
+def percentile(values: np.ndarray, q: float) -> float:
+    """np.percentile(values, [q])[0] (linear method, interpolated in float64) bit for bit, from the two order
+    statistics it needs; `values` (1-D, non-empty, no NaN) is a scratch array: it is reordered.
 
-    Percentile p lies at position i = (n - 1) · p / 100 of the sorted values v:
-    v[⌊i⌋] + (v[⌊i⌋ + 1] - v[⌊i⌋]) · frac(i).
-    np.quantile of that pair at frac(i) does numpy's own interpolation, so the result is bit-identical.
+    Percentile q lies at position i = (n - 1) · q / 100 of the sorted values v; with a = v[⌊i⌋],
+    b = v[⌊i⌋ + 1] and t = frac(i) it is a + (b - a) t, or b - (b - a)(1 - t) when t ≥ 0.5 (numpy's lerp,
+    b - a in the values' dtype, the rest in float64).
+    Selection runs from the nearer end (negated for the top half): numpy's partition is fast for a kth
+    near the start even among many ties, but can be many times slower for one near the end.
     """
     n = values.size
-    out = []
-    for p in q:
-        position = (n - 1) * (np.float64(p) / 100)  # numpy's virtual index
-        k = min(int(position), n - 1)
-        values.partition(k)  # values[k] is the k-th smallest, larger ones after it
-        pair = np.array([values[k], values[k + 1:].min() if k + 1 < n else values[k]])
-        out.append(float(np.quantile(pair, [position - k])[0]))
-    return tuple(out)
+    position = (n - 1) * (q / 100)                                   # numpy's virtual index
+    k = min(int(position), n - 1)
+    if 2 * k < n:
+        values.partition(k)                                          # values[k]: the k-th smallest, larger after it
+        a, b = values[k], values[k + 1:].min() if k + 1 < n else values[k]
+    else:
+        top = n - 1 - k                                              # the k-th smallest is the top-th largest
+        np.negative(values, out=values)
+        values.partition(top)
+        a, b = -values[top], -values[:top].max() if top else -values[top]
+        np.negative(values, out=values)
+    d, a, b, t = float(b - a), float(a), float(b), position - k     # b - a in the values' dtype, as numpy
+    return b - d * (1 - t) if t >= 0.5 else a + d * t
 
 
 def prepare(volume: Volume | np.ndarray, cfg: PreprocessConfig = PreprocessConfig(),
@@ -456,7 +464,8 @@ def prepare(volume: Volume | np.ndarray, cfg: PreprocessConfig = PreprocessConfi
     if not brain.any():
         raise VolumeError(f"{name} has no voxel above the brain threshold {background + cfg.brain_threshold:g}; "
                           "is it an empty mask, or is brain_threshold too high?")
-    low, high = _percentiles(data[brain], (cfg.percentile_low, cfg.percentile_high))
+    values = data[brain]                                            # (N,) a copy, reordered by percentile
+    low, high = percentile(values, cfg.percentile_low), percentile(values, cfg.percentile_high)
     stretched = stretch_contrast(data, brain, low, high)  # (X, Y, Z) in [-1, 1]
 
     xs = np.flatnonzero(brain.any(axis=(1, 2)))
