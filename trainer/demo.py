@@ -99,7 +99,8 @@ def check(checkpoint: Path, template: Path | None = None, volume: Path | None = 
     lesion_dice: mean slice-wise Dice of the mask on the slices that hold the lesion; lesion_slices_hit:
     share of those slices where the mask touches the lesion; score_lesion_vs_other: mean per-slice
     anomaly score on lesion slices over that on the other brain slices; healthy_flagged: share of
-    brain pixels flagged on the lesion-free template's brain slices (with `template`).
+    brain pixels flagged on the lesion-free template's brain slices, with the median flagged pixels per
+    slice and the flagged volume in mL (with `template`).
     """
     ckpt = load_checkpoint(checkpoint)
     detector = Detector(ckpt.model, ckpt.preset, device=device)
@@ -121,6 +122,8 @@ def check(checkpoint: Path, template: Path | None = None, volume: Path | None = 
         clean = detect_volume(detector, healthy)
         brain = healthy.brain_mask[clean.slice_indices]
         report["healthy_flagged"] = float(clean.mask[brain].mean())
+        report["healthy_flagged_pixels_per_slice_median"] = float(np.median(clean.mask.sum(axis=(1, 2))))
+        report["healthy_flagged_ml"] = float(clean.mask.sum() * healthy.pixel_mm ** 2 * healthy.spacing[2] / 1000)
         report["healthy_slices_with_findings"] = int(clean.mask.any(axis=(1, 2)).sum())
         report["healthy_slices"] = len(clean.mask)
     return report
