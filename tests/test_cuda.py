@@ -37,7 +37,7 @@ def test_noise_on_the_gpu_equals_the_cpu():
 
 
 def test_bf16_reconstruction_matches_fp32_cpu():
-    """The detector's bf16 + channels_last forward on the GPU against fp32 on the CPU, same weights and seeds."""
+    """The detector's bf16 forward on the GPU against fp32 on the CPU, same weights and seeds."""
     preset = PRESETS["small"]
     torch.manual_seed(0)
     model = UNet(preset.model)
@@ -54,6 +54,36 @@ def test_bf16_reconstruction_matches_fp32_cpu():
     assert np.abs(out.recon - ref.recon).mean() < 0.05 * spread          # bf16 keeps ~3 significant digits
     assert np.corrcoef(out.recon.ravel(), ref.recon.ravel())[0, 1] > 0.995
     assert np.corrcoef(out.error.ravel(), ref.error.ravel())[0, 1] > 0.99
+
+
+def test_compiled_detector_on_the_gpu_matches_eager():
+    preset = PRESETS["small"]
+    torch.manual_seed(0)
+    model = UNet(preset.model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    slices = np.tanh(np.random.default_rng(1).standard_normal((5, 128, 128))).astype(np.float32)
+    eager = Detector(copy.deepcopy(model), preset, device="cuda", batch_size=4).reconstruct(slices, 300, seed=4)
+    compiled = Detector(model, preset, device="cuda", batch_size=4, compile=True).reconstruct(slices, 300, seed=4)
+    spread = float(np.abs(eager.recon - slices).mean())
+    assert np.abs(compiled.recon - eager.recon).mean() < 0.02 * spread        # both bf16; fused differently
+    assert np.corrcoef(compiled.error.ravel(), eager.error.ravel())[0, 1] > 0.999
+
+
+def test_volume_stages_on_the_gpu_equal_the_host():
+    rng = np.random.default_rng(2)
+    image = np.where(rng.random((70, 80, 30)) < 0.8, 50 + 100 * rng.random((70, 80, 30)), 0).astype(np.float32)
+    cfg = PRESETS["tiny"].preprocess
+    host, gpu = prepare(image, cfg, spacing=(0.8, 1.1, 2.0)), prepare(image, cfg, spacing=(0.8, 1.1, 2.0),
+                                                                     device=CUDA)
+    np.testing.assert_allclose(gpu.data, host.data, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(gpu.brain_mask, host.brain_mask)
+    heat = rng.random(host.data.shape).astype(np.float32)
+    np.testing.assert_allclose(host.to_canonical(heat, "linear", device=CUDA), host.to_canonical(heat, "linear"),
+                               rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(host.to_canonical(heat > 0.5, "nearest", device=CUDA),
+                                  host.to_canonical(heat > 0.5, "nearest"))
 
 
 def test_iterative_chain_runs_on_the_gpu():

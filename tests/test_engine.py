@@ -127,17 +127,36 @@ def test_unet_is_deterministic_and_shape_preserving(tiny_preset):
     assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a[0], c[0])
 
 
-def test_detector_result_independent_of_batching(tiny_preset):
+def model_and_slices(preset, b=5):
+    """A tiny UNet whose output depends on its input (its zeroed last layer perturbed) and b smooth slices."""
     torch.manual_seed(0)
-    model = UNet(tiny_preset.model)
+    model = UNet(preset.model)
     torch.nn.init.normal_(model.out[-1].weight, std=0.1)
-    slices = smooth_image(b=5)[:, 0].numpy()
+    return model, smooth_image(b=b)[:, 0].numpy()
+
+
+def test_detector_result_independent_of_batching(tiny_preset):
+    model, slices = model_and_slices(tiny_preset)
     whole = Detector(model, tiny_preset, device="cpu", batch_size=5).reconstruct(slices, 300, seed=7)
     one = Detector(model, tiny_preset, device="cpu", batch_size=2).reconstruct(slices[3:4], 300, seed=7, indices=[3])
     np.testing.assert_allclose(one.recon[0], whole.recon[3], atol=1e-5)
     other_seed = Detector(model, tiny_preset, device="cpu").reconstruct(slices[3:4], 300, seed=8, indices=[3])
     assert not np.allclose(other_seed.recon[0], whole.recon[3])
     np.testing.assert_allclose(whole.error, (slices - whole.recon) ** 2, rtol=1e-6)
+
+
+def test_compiled_detector_pads_to_one_shape_and_matches_eager(tiny_preset):
+    """torch.compile (inductor, C++ on a CPU; tens of seconds): 5 slices in batches of 3, the last padded."""
+    model, slices = model_and_slices(tiny_preset)
+    eager = Detector(model, tiny_preset, device="cpu", batch_size=3).reconstruct(slices, 300, seed=2)
+    compiled = Detector(model, tiny_preset, device="cpu", batch_size=3, compile=True)
+    shapes = []
+    compiled.model.register_forward_pre_hook(lambda module, args: shapes.append(tuple(args[0].shape)))
+    out = compiled.reconstruct(slices, 300, seed=2)
+    assert compiled.compiled and out.recon.shape == (5, 32, 32)
+    np.testing.assert_allclose(out.recon, eager.recon, atol=1e-5)
+    np.testing.assert_allclose(out.error, eager.error, rtol=1e-5, atol=1e-5)
+    assert shapes == [(3, 1, 32, 32)] * 2
 
 
 def test_detector_progress_and_cancel(tiny_preset):

@@ -454,36 +454,57 @@ def resampling_case(request):
     return mv, image, rng
 
 
-def test_to_model_matches_grid_sample(resampling_case):
+# Resampling runs on the host (NumPy/scipy) or on a torch device (a CSR product; here the CPU's).
+def on(array, device):
+    return array if device is None else torch.from_numpy(array).to(device)
+
+
+@pytest.mark.parametrize("device", [None, "cpu"], ids=["host", "torch"])
+def test_to_model_matches_grid_sample(resampling_case, device):
     mv, image, rng = resampling_case
     for values, fill in [(image, 0.0), (rng.standard_normal(image.shape).astype(np.float32), -1.0)]:
-        new = mv._to_model(values, "bilinear", fill)
+        new = mv._to_model(on(values, device), "bilinear", fill)
         assert new.dtype == np.float32 and new.shape == (mv.n_slices, mv.image_size, mv.image_size)
         np.testing.assert_allclose(new, reference_to_model(mv, values, "bilinear", fill),
                                    rtol=0, atol=1e-5 * np.ptp(values))
     mask = rng.random(image.shape) < 0.3
-    np.testing.assert_array_equal(mv.mask_to_model(mask), reference_to_model(mv, mask, "nearest", 0.0) > 0.5)
+    np.testing.assert_array_equal(mv._to_model(on(mask, device), "nearest", 0.0),
+                                  reference_to_model(mv, mask, "nearest", 0.0) > 0.5)
     labels = rng.integers(0, 4, image.shape)
-    np.testing.assert_array_equal(mv._to_model(labels.astype(np.float32), "nearest", 0.0),
+    np.testing.assert_array_equal(mv._to_model(on(labels.astype(np.float32), device), "nearest", 0.0),
                                   reference_to_model(mv, labels, "nearest", 0.0))
 
 
-def test_to_canonical_matches_grid_sample(resampling_case):
+@pytest.mark.parametrize("device", [None, "cpu"], ids=["host", "torch"])
+def test_to_canonical_matches_grid_sample(resampling_case, device):
     mv, _, rng = resampling_case
     S, Z = mv.image_size, mv.n_slices
     for first, n in [(0, Z), (1, Z - 2), (Z - 1, 1)]:
         heat = rng.standard_normal((n, S, S)).astype(np.float32) * 10
-        np.testing.assert_allclose(mv.to_canonical(heat, "linear", first),
+        np.testing.assert_allclose(mv.to_canonical(heat, "linear", first, device),
                                    reference_to_canonical(mv, heat, "bilinear", first),
                                    rtol=0, atol=1e-5 * np.ptp(heat))
         mask = rng.random((n, S, S)) < 0.5
-        back = mv.to_canonical(mask, "nearest", first)
+        back = mv.to_canonical(mask, "nearest", first, device)
         assert back.dtype == bool
         np.testing.assert_array_equal(back, reference_to_canonical(mv, mask, "nearest", first) > 0.5)
         labels = rng.integers(0, 5, (n, S, S))
-        out = mv.to_canonical(labels, "nearest", first)
+        out = mv.to_canonical(labels, "nearest", first, device)
         assert out.dtype == np.float32
         np.testing.assert_array_equal(out, reference_to_canonical(mv, labels, "nearest", first))
+
+
+def test_prepare_on_a_torch_device_equals_the_host(resampling_case):
+    _, image, _ = resampling_case
+    cfg = PreprocessConfig(image_size=24, margin=0.1)
+    host, torch_cpu = prepare(image, cfg), prepare(image, cfg, device="cpu")
+    np.testing.assert_allclose(torch_cpu.data, host.data, rtol=0, atol=1e-6)   # [-1, 1]: float32 sums' order
+    np.testing.assert_array_equal(torch_cpu.brain_mask, host.brain_mask)
+    assert (torch_cpu.slice_range, torch_cpu.centre, torch_cpu.intensity_range) == \
+        (host.slice_range, host.centre, host.intensity_range)
+    brain = image > 0
+    np.testing.assert_array_equal(stretch_contrast(torch.from_numpy(image), torch.from_numpy(brain), 60.0, 120.0),
+                                  stretch_contrast(image, brain, 60.0, 120.0))
 
 
 def test_nearest_ties_round_half_to_even():

@@ -179,8 +179,9 @@ def bench_throughput(preset_name: str, device: torch.device, batch_sizes: list[i
     return {"preset": preset_name, "flops_per_slice": flops, "rows": rows, "best": best}
 
 
-def bench_volume(preset_name: str, device: torch.device, n_slices: int, batch: int) -> dict:
-    """End to end on a synthetic brain volume: preprocessing, detection (noise + model), mapping back."""
+def bench_volume(preset_name: str, device: torch.device, n_slices: int, batch: int, compile: bool = False) -> dict:
+    """End to end on a synthetic brain volume: preprocessing, detection (noise + model), mapping back; the
+    volume stages on the detector's volume_device (a GPU's, else the host), the UNet compiled or not."""
     preset = PRESETS[preset_name]
     rng = np.random.default_rng(0)
     s = preset.model.image_size
@@ -189,16 +190,17 @@ def bench_volume(preset_name: str, device: torch.device, n_slices: int, batch: i
     data = np.where(inside, 100 + 20 * rng.standard_normal(inside.shape), 0).astype(np.float32)
     data = np.ascontiguousarray(data.transpose(2, 1, 0))                      # (X, Y, Z)
     torch.manual_seed(0)
-    det = Detector(UNet(preset.model), preset, device=device, batch_size=batch)
+    det = Detector(UNet(preset.model), preset, device=device, batch_size=batch, compile=compile)
+    where = det.volume_device
 
     def run() -> dict:
         start = time.perf_counter()
-        mv = prepare(data, preset.preprocess)
+        mv = prepare(data, preset.preprocess, device=where)
         t_prep = time.perf_counter()
         result = detect_volume(det, mv, slices=(0, n_slices - 1))
         t_det = time.perf_counter()
-        mv.to_canonical(result.mask, "nearest", result.first_slice)
-        mv.to_canonical(result.error, "linear", result.first_slice)
+        mv.to_canonical(result.mask, "nearest", result.first_slice, device=where)
+        mv.to_canonical(result.error, "linear", result.first_slice, device=where)
         t_back = time.perf_counter()
         return {"preprocess_s": t_prep - start, "detect_s": t_det - t_prep, "model_s": result.seconds,
                 "postprocess_s": (t_det - t_prep) - result.seconds, "map_back_s": t_back - t_det,
@@ -214,7 +216,8 @@ def bench_volume(preset_name: str, device: torch.device, n_slices: int, batch: i
     x, seeds = torch.zeros(batch, 1, s, s, device=device), torch.arange(batch)
     noise_s = timed(lambda: det.diffusion.noise_like(x, DEFAULT_TIMESTEP, seeds=seeds), device)
     best["noise_s"] = noise_s * -(-n_slices // batch)         # the noise fields alone, timed apart (in model_s)
-    return {"volume_preset": preset_name, "volume_slices": n_slices, "volume_batch": batch, **best}
+    return {"volume_preset": preset_name, "volume_slices": n_slices, "volume_batch": batch,
+            "volume_compiled": compile, **best}
 
 
 def print_table(title: str, rows: list[tuple[str, str]]) -> None:
@@ -233,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     parser.add_argument("--quick", action="store_true", help="fewer fields, slices and batch sizes")
     parser.add_argument("--no-compile", dest="compile", action="store_false",
-                        help="CUDA: leave out the torch.compile variant (its compilation takes minutes)")
+                        help="CUDA: leave out the torch.compile variants (their compilation takes minutes)")
     parser.add_argument("--parts", type=lambda v: v.split(","), default=list(PARTS), metavar="P1,P2",
                         help=f"measure only these parts, of {','.join(PARTS)} (default all; the matrix-product "
                              "peak is always measured)")
@@ -270,15 +273,18 @@ def main(argv: list[str] | None = None) -> int:
             throughput_part(res, name, device, args.quick, peak)
             save()
     if "volume" in args.parts:
-        for name in ("small", "paper") if cuda else ("small",):
+        # CUDA: both presets, the UNet as it is and (unless --no-compile) compiled; a CPU: small, as it is.
+        runs = [(name, c) for c in ((False, True) if args.compile else (False,)) for name in ("small", "paper")]
+        for name, compiled in runs if cuda else [("small", False)]:
             vol = bench_volume(name, device, n_slices=150 if (cuda or not args.quick) else 40,
-                               batch=150 if cuda else DEFAULT_BATCH["cpu"])
-            res.update({f"{k}_{name}": v for k, v in vol.items()})
-            res.update(vol)          # the last one (paper on CUDA, small on a CPU) under the plain keys too
+                               batch=150 if cuda else DEFAULT_BATCH["cpu"], compile=compiled)
+            res.update({f"{k}_{name}{'_compiled' if compiled else ''}": v for k, v in vol.items()})
+            if not compiled:     # the last plain run (paper on CUDA, small on a CPU) under the plain keys too
+                res.update(vol)
             print_table(f"Whole volume end to end, {vol['volume_slices']} slices, {name} preset, batch "
-                        f"{vol['volume_batch']}", [(k, f"{vol[k]:.3f} s") for k in
-                                                   ("preprocess_s", "noise_s", "model_s", "postprocess_s",
-                                                    "map_back_s", "volume_total_s")])
+                        f"{vol['volume_batch']}{', compiled UNet' if compiled else ''}",
+                        [(k, f"{vol[k]:.3f} s") for k in ("preprocess_s", "noise_s", "model_s", "postprocess_s",
+                                                          "map_back_s", "volume_total_s")])
             save()
     if cuda and args.compile and "compile" in args.parts:   # last: compiling a UNet takes a minute or more
         for name in ("paper", "small"):

@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="noise seed; equal seeds give equal results (default 0)")
     p.add_argument("--batch-size", type=int, default=None, metavar="B",
                    help="slices per model call (default 4 on a CPU, 16 on CUDA)")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the model with torch.compile first: a minute or more, then 1.5-2.2x the "
+                        "model's throughput on an H200 (BENCHMARKS.md); pays off for many volumes")
     return p
 
 
@@ -138,7 +141,7 @@ def process(path: Path, outs: Outputs, detector: Detector, ckpt: LoadedCheckpoin
     t_start = time.perf_counter()
     volume = load_volume(path)
     t_loaded = time.perf_counter()
-    model_volume = prepare(volume, ckpt.preset.preprocess)
+    model_volume = prepare(volume, ckpt.preset.preprocess, device=detector.volume_device)
     t_prepared = time.perf_counter()
     first, last = model_volume.slice_range
     with tqdm(total=(last - first + 1) * len(timesteps), desc=output_stem(path), unit="slice", file=sys.stderr,
@@ -148,8 +151,9 @@ def process(path: Path, outs: Outputs, detector: Detector, ckpt: LoadedCheckpoin
             return True
         result = detect_volume(detector, model_volume, timesteps, args.threshold, pp, votes=args.votes,
                                seed=args.seed, progress=progress)
-    mask = model_volume.to_canonical(result.mask, "nearest", first_slice=result.first_slice)    # (X, Y, Z) bool
-    error = model_volume.to_canonical(result.error, "linear", first_slice=result.first_slice)   # (X, Y, Z) float32
+    where = detector.volume_device
+    mask = model_volume.to_canonical(result.mask, "nearest", result.first_slice, device=where)    # (X, Y, Z) bool
+    error = model_volume.to_canonical(result.error, "linear", result.first_slice, device=where)   # (X, Y, Z) float32
     t_post = time.perf_counter()
 
     written: list[Path] = []
@@ -165,7 +169,8 @@ def process(path: Path, outs: Outputs, detector: Detector, ckpt: LoadedCheckpoin
             "parameters": {"timesteps": list(timesteps), "consensus": len(timesteps) > 1,
                            "votes": (args.votes or len(timesteps) // 2 + 1) if len(timesteps) > 1 else None,
                            "threshold": args.threshold, "postprocess": pp.enabled, "seed": args.seed,
-                           "batch_size": detector.batch_size, "device": str(detector.device)},
+                           "batch_size": detector.batch_size, "device": str(detector.device),
+                           "compiled": detector.compiled},
             "checkpoint": checkpoint_identity(ckpt),
             "timings_s": {"load": t_loaded - t_start, "preprocess": t_prepared - t_loaded, "model": result.seconds,
                           "postprocess": t_post - t_prepared - result.seconds, "write": t_written - t_post,
@@ -203,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.exists() and not args.out.is_dir():
         return fail(f"--out {args.out} is a file; give a folder")
     try:
-        ckpt, detector = load_detector(args.checkpoint, args.device, args.batch_size)
+        ckpt, detector = load_detector(args.checkpoint, args.device, args.batch_size, compile=args.compile)
     except ValueError as err:  # CheckpointError or the device
         return fail(err)
     bad_t = [t for t in timesteps if not 0 <= t < ckpt.preset.diffusion.timesteps]

@@ -41,9 +41,9 @@ def slice_seeds(seed: int, slice_indices: Sequence[int], timestep: int) -> torch
     return mixed                                                          # (B,)
 
 
-def heat_map(x0: np.ndarray, x0_hat: np.ndarray) -> np.ndarray:
+def heat_map(x0: torch.Tensor, x0_hat: torch.Tensor) -> torch.Tensor:
     """E_sq = (x0 - x0_hat)^2   (paper eq. 10)."""
-    return np.square(x0 - x0_hat, dtype=np.float32)
+    return (x0 - x0_hat).square()
 
 
 def _dilate_in_plane(mask: np.ndarray) -> np.ndarray:
@@ -178,7 +178,7 @@ class Detector:
     """Runs single-step sampling (or the iterative chain) batched over slices on one device."""
 
     def __init__(self, model: torch.nn.Module, preset: Preset, device: str | torch.device = "auto",
-                 batch_size: int | None = None):
+                 batch_size: int | None = None, compile: bool = False):
         self.device = resolve_device(device)
         self.preset = preset
         self.diffusion = Diffusion(preset.diffusion, preset.noise)
@@ -186,13 +186,26 @@ class Detector:
         self.cuda = self.device.type == "cuda"
         # Contiguous (not channels_last) layout: channels_last was 1.3x slower in bf16 on an H200 (BENCHMARKS.md).
         self.model = model.to(self.device).eval()
+        # torch.compile: one graph for one input shape, so every call is padded to batch_size slices; the
+        # first call compiles (a minute or more).
+        self.compiled = compile
+        self._forward = torch.compile(self.model, dynamic=False) if compile else self.model
+
+    @property
+    def volume_device(self) -> torch.device | None:
+        """Where a volume's preprocessing and mapping back run: this GPU, or None for the host (faster there)."""
+        return self.device if self.cuda else None
 
     def _autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else nullcontext()
 
     def _eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        b = len(x)
+        if self.compiled and b < self.batch_size:                        # pad to the compiled shape
+            x = torch.cat([x, x.new_zeros(self.batch_size - b, *x.shape[1:])])
+            t = torch.cat([t, t[:1].expand(self.batch_size - b)])
         with self._autocast():
-            return self.model(x, t).float()
+            return self._forward(x, t)[:b].float()
 
     @torch.inference_mode()
     def reconstruct(self, slices: np.ndarray, timestep: int = DEFAULT_TIMESTEP, seed: int = 0,
@@ -205,6 +218,7 @@ class Detector:
         """
         indices = list(range(len(slices))) if indices is None else list(indices)
         recon = np.empty_like(slices, dtype=np.float32)                  # (B, S, S)
+        error = np.empty_like(recon)                                      # (B, S, S)
         calls_per_slice = timestep + 1 if iterative else 1
         done, total = 0, len(slices) * calls_per_slice
         for start in range(0, len(slices), self.batch_size):
@@ -225,10 +239,11 @@ class Detector:
                 done += len(idx)
                 if progress is not None and progress(done, total) is False:
                     raise InterruptedError("cancelled")
-            recon[start:start + len(idx)] = x0_hat[:, 0].float().cpu().numpy()  # (b, S, S)
-        error = heat_map(np.asarray(slices, np.float32), recon)
-        if brain is not None:
-            error *= brain
+            err = heat_map(x0, x0_hat)[:, 0]                                 # (b, S, S) on the device
+            if brain is not None:
+                err *= torch.tensor(brain[start:start + len(idx)], device=self.device)
+            recon[start:start + len(idx)] = x0_hat[:, 0].cpu().numpy()       # (b, S, S)
+            error[start:start + len(idx)] = err.cpu().numpy()
         return Reconstruction(slices=np.asarray(indices), timestep=timestep, recon=recon, error=error)
 
 

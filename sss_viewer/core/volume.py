@@ -50,6 +50,7 @@ BACKGROUND_MIN_FRACTION = 0.05  # a minimum value covering this share of voxels 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, zlib.error, ValueError)
 _RAS = axcodes2ornt(("R", "A", "S"))
+warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)  # used as documented
 
 
 class VolumeError(ValueError):
@@ -283,12 +284,12 @@ class ModelVolume:
         r = (cy - np.arange(Y)) * sy / self.pixel_mm + S / 2 - 0.5  # (Y,)
         return _axis_weights(c, S, mode), _axis_weights(r, S, mode)
 
-    def _to_model(self, canonical: np.ndarray, mode: str, fill: float) -> np.ndarray:
+    def _to_model(self, canonical: np.ndarray | torch.Tensor, mode: str, fill: float) -> np.ndarray:
         """Sample a canonical (X, Y, Z) array at every model pixel of every slice → (Z, S, S); outside → fill.
 
         Bilinear sampling (float32 out) averages k × k sub-pixel samples, k = ceil(p / finest in-plane
         spacing), so shrinking weighs every voxel under a model pixel (area-weighted anti-aliasing).
-        Nearest sampling keeps the input's dtype.
+        Nearest sampling keeps the input's dtype. A NumPy input is sampled on the host, a tensor on its device.
         """
         X, Y, Z = self.canonical_shape
         S = self.image_size
@@ -296,13 +297,8 @@ class ModelVolume:
         w_x, w_y = self._canonical_weights(mode, k)
         # (S·S, X·Y): model pixel (r, c) ← canonical voxel (x, y)
         operator = _separable_operator(w_y, w_x, strides=(1, Y), n_in=X * Y)
-        src = np.asarray(canonical).reshape(X * Y, Z)
-        if mode == "nearest":
-            out = _gather(operator, src, fill)  # (S·S, Z)
-        else:
-            out = operator @ np.subtract(src, fill, dtype=np.float32)  # (S·S, Z)
-            out += fill
-        return _transposed(out).reshape(Z, S, S)
+        out = _apply(operator, canonical.reshape(X * Y, Z), mode == "nearest", fill)  # (S·S, Z)
+        return _host(_transposed(out)).reshape(Z, S, S)
 
     def mask_to_model(self, mask: np.ndarray) -> np.ndarray:
         """Canonical (X, Y, Z) label/mask (> 0 is inside) → (Z, S, S) bool, nearest neighbour, same transform."""
@@ -312,12 +308,14 @@ class ModelVolume:
                               "load it with load_mask(path, like=volume)")
         return self._to_model(mask > 0, "nearest", 0.0)
 
-    def to_canonical(self, maps: np.ndarray, order: str = "linear", first_slice: int = 0) -> np.ndarray:
+    def to_canonical(self, maps: np.ndarray, order: str = "linear", first_slice: int = 0,
+                     device: torch.device | str | None = None) -> np.ndarray:
         """Model-space maps (n, S, S) for slices first_slice … first_slice + n - 1 → canonical (X, Y, Z).
 
         Every canonical voxel samples its own position in model space: order="linear" (bilinear,
         for heat maps) or "nearest" (for masks; a bool input gives a bool output). Voxels outside
         the model square, and slices not given, are 0. ``Volume.to_native`` then gives the input layout.
+        Computed on the host, or on a torch `device` (e.g. the detector's GPU).
         """
         maps = np.asarray(maps)
         if order not in ("linear", "nearest"):
@@ -334,8 +332,10 @@ class ModelVolume:
         # (X·Y, S·S): canonical voxel (x, y) ← model pixel (r, c)
         operator = _separable_operator(w_c, w_r, strides=(1, S), n_in=S * S)
         dtype = bool if nearest and maps.dtype == bool else np.float32
-        src = _transposed(maps.reshape(n, S * S).astype(dtype, copy=False))  # (S·S, n)
-        sampled = (_gather(operator, src, 0) if nearest else operator @ src).reshape(X, Y, n)
+        src = maps.reshape(n, S * S).astype(dtype, copy=False)  # (n, S·S)
+        if device is not None:
+            src = _tensor(src, device)
+        sampled = _host(_apply(operator, _transposed(src), nearest)).reshape(X, Y, n)
         if n == Z:
             return sampled
         out = np.zeros(self.canonical_shape, dtype=dtype)  # (X, Y, Z)
@@ -356,19 +356,52 @@ def _axis_weights(coord: np.ndarray, size: int, mode: str) -> np.ndarray:
                          align_corners=False)[0, :, 0].T.numpy()
 
 
-def _gather(operator: sparse.csr_matrix, src: np.ndarray, fill) -> np.ndarray:
-    """operator @ src for a nearest-neighbour operator (one weight of 1 a row; none outside → fill), as an
-    exact row gather."""
-    inside = np.diff(operator.indptr) > 0  # (rows,)
-    index = np.zeros(operator.shape[0], dtype=np.intp)
-    index[inside] = operator.indices
-    out = src[index]  # (rows, n), src's dtype
-    out[~inside] = fill
+def _tensor(array: np.ndarray, device: torch.device | str) -> torch.Tensor:
+    """A NumPy array as a tensor on `device` (sharing a writable array's memory on the CPU)."""
+    return torch.from_numpy(array if array.flags.writeable else array.copy()).to(device, non_blocking=True)
+
+
+def _host(a: np.ndarray | torch.Tensor) -> np.ndarray:
+    """A tensor's values as a NumPy array on the host; an array as it is."""
+    return a.cpu().numpy() if isinstance(a, torch.Tensor) else a
+
+
+def _apply(operator: sparse.csr_matrix, src: np.ndarray | torch.Tensor, nearest: bool,
+           fill: float = 0.0) -> np.ndarray | torch.Tensor:
+    """operator @ src for src (n_in, m), with `fill` where the operator has no weight; a NumPy src on the host
+    (scipy), a tensor on its device (a torch CSR product).
+
+    Nearest-neighbour operators (one weight of 1 a row, or none) are an exact row gather in src's dtype;
+    others give operator @ (src - fill) + fill in float32.
+    """
+    on_device = isinstance(src, torch.Tensor)
+    if nearest:
+        inside = np.diff(operator.indptr) > 0  # (rows,)
+        index = np.zeros(operator.shape[0], dtype=np.int64)
+        index[inside] = operator.indices
+        if on_device:
+            inside, index = (torch.from_numpy(v).to(src.device) for v in (inside, index))
+        out = src.index_select(0, index) if on_device else src[index]  # (rows, m)
+        out[~inside] = fill
+        return out
+    if on_device:
+        csr = torch.sparse_csr_tensor(*(torch.from_numpy(v.astype(np.int64)) for v in (operator.indptr,
+                                                                                       operator.indices)),
+                                      torch.from_numpy(operator.data), size=operator.shape, device=src.device,
+                                      check_invariants=False)  # built valid by scipy
+        out = csr @ src.float().sub(fill)
+    else:
+        out = operator @ (np.subtract(src, fill, dtype=np.float32) if fill or src.dtype != np.float32 else src)
+    if fill:
+        out += fill
     return out
 
 
-def _transposed(a: np.ndarray, block: int = 256) -> np.ndarray:
-    """C-contiguous copy of a.T for a 2-D array, `block` rows of `a` at a time (cache-friendly for tall arrays)."""
+def _transposed(a: np.ndarray | torch.Tensor, block: int = 256) -> np.ndarray | torch.Tensor:
+    """C-contiguous copy of a.T for a 2-D array (`block` rows of `a` at a time: cache-friendly for tall arrays)
+    or tensor (on its device)."""
+    if isinstance(a, torch.Tensor):
+        return a.T.contiguous()
     out = np.empty(a.shape[::-1], dtype=a.dtype)
     for start in range(0, a.shape[0], block):
         out[:, start:start + block] = a[start:start + block].T
@@ -388,11 +421,19 @@ def _separable_operator(w_major: np.ndarray, w_minor: np.ndarray, strides: tuple
                              shape=(w_major.shape[0] * w_minor.shape[0], n_in))
 
 
-def stretch_contrast(data: np.ndarray, brain: np.ndarray, low: float, high: float) -> np.ndarray:
+def stretch_contrast(data: np.ndarray | torch.Tensor, brain: np.ndarray | torch.Tensor, low: float,
+                     high: float) -> np.ndarray | torch.Tensor:
     """Map intensities linearly so low → -1 and high → +1, clipped to [-1, 1]; non-brain voxels → -1.
 
-    Degenerate range (high ≤ low, e.g. a binary mask): brain voxels → +1.
+    Degenerate range (high ≤ low, e.g. a binary mask): brain voxels → +1. Arrays on the host, or tensors
+    on their device; float32 out.
     """
+    if isinstance(data, torch.Tensor):
+        if high > low:
+            out = data.float().sub(low).mul_(2.0 / (high - low)).sub_(1.0).clamp_(-1.0, 1.0)
+        else:
+            out = torch.ones_like(data, dtype=torch.float32)
+        return out.masked_fill_(~brain, -1.0)
     if high > low:
         out = np.subtract(data, low, dtype=np.float32)
         out *= 2.0 / (high - low)
@@ -431,7 +472,7 @@ def percentile(values: np.ndarray, q: float) -> float:
 
 
 def prepare(volume: Volume | np.ndarray, cfg: PreprocessConfig = PreprocessConfig(),
-            spacing: Sequence[float] | None = None) -> ModelVolume:
+            spacing: Sequence[float] | None = None, device: torch.device | str | None = None) -> ModelVolume:
     """Preprocess a canonical volume into model space, identically for training and inference.
 
     1. brain = voxels > background_level + cfg.brain_threshold (non-zero for skull-stripped data);
@@ -442,7 +483,8 @@ def prepare(volume: Volume | np.ndarray, cfg: PreprocessConfig = PreprocessConfi
        (bilinear; when shrinking, each model pixel averages k × k bilinear samples, see ``_to_model``).
 
     `volume` is a loaded Volume (main path) or a canonical (X, Y, Z) array with its `spacing` in mm
-    (default 1 mm isotropic).
+    (default 1 mm isotropic). The brain mask, percentiles and box are found on the host; the contrast
+    stretch and the resampling run there too, or on a torch `device` (e.g. the detector's GPU).
     """
     if isinstance(volume, Volume):
         if spacing is not None:
@@ -466,7 +508,8 @@ def prepare(volume: Volume | np.ndarray, cfg: PreprocessConfig = PreprocessConfi
                           "is it an empty mask, or is brain_threshold too high?")
     values = data[brain]                                            # (N,) a copy, reordered by percentile
     low, high = percentile(values, cfg.percentile_low), percentile(values, cfg.percentile_high)
-    stretched = stretch_contrast(data, brain, low, high)  # (X, Y, Z) in [-1, 1]
+    src, inside = (data, brain) if device is None else (_tensor(data, device), _tensor(brain, device))
+    stretched = stretch_contrast(src, inside, low, high)  # (X, Y, Z) in [-1, 1], on the host or the device
 
     xs = np.flatnonzero(brain.any(axis=(1, 2)))
     ys = np.flatnonzero(brain.any(axis=(0, 2)))
@@ -483,7 +526,7 @@ def prepare(volume: Volume | np.ndarray, cfg: PreprocessConfig = PreprocessConfi
         intensity_range=(low, high), background=background)
     return replace(geometry,
                    data=geometry._to_model(stretched, "bilinear", -1.0),  # (Z, S, S) float32
-                   brain_mask=geometry._to_model(brain, "bilinear", 0.0) > 0.5)  # (Z, S, S)
+                   brain_mask=geometry._to_model(inside, "bilinear", 0.0) > 0.5)  # (Z, S, S)
 
 
 def write_nifti(array: np.ndarray, like: Volume, path: str | os.PathLike, kind: str = "mask",
