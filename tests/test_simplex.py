@@ -141,24 +141,29 @@ def test_octave_noise_same_with_shared_or_per_sample_z():
     np.testing.assert_allclose(shared[1].numpy(), hand_built_octaves(22, 9, 13, 40.0, cfg), rtol=0, atol=1e-6)
 
 
-def test_octave_noise_geometry_cache_changes_nothing_and_stays_small(monkeypatch):
-    """Shared grids keep their seed-free geometry for the next call; results equal a fresh computation."""
-    monkeypatch.setattr(simplex, "_GEOMETRY_CACHE", simplex._GeometryCache(grids=2))
+def test_octave_noise_grid_cache_changes_nothing_and_stays_small(monkeypatch):
+    """A shared grid is summed directly on first use; from the second on its seed-free operator is built and
+    kept (two grids at most). Every result equals the package's."""
+    monkeypatch.setattr(simplex, "_GRID_CACHE", simplex._GridCache(grids=2))
     cfg = NoiseConfig(standardize=False)
-    calls = [((2, 9, 13), torch.tensor([21, 22]), 40.0), ((1, 9, 13), torch.tensor([5]), 40.0),
-             ((2, 9, 13), torch.tensor([7, 8]), 41.0), ((2, 9, 13), torch.tensor([9, 1]), 40.0),
-             ((2, 9, 13), torch.tensor([21, 22]), 40.0)]
-    for shape, seeds, z in calls:
-        cached = octave_noise(shape, seeds, cfg, z=z)
+    grid = (9, 13, 40.0, cfg.octaves, cfg.frequency, cfg.persistence, "cpu")
+    at = {z: grid[:2] + (z,) + grid[3:] for z in (40.0, 41.0, 42.0)}
+    calls = [  # (shape, seeds, z, the grids kept after the call)
+        ((2, 9, 13), torch.tensor([21, 22]), 40.0, []), ((1, 9, 13), torch.tensor([5]), 40.0, [40.0]),
+        ((2, 9, 13), torch.tensor([7, 8]), 41.0, [40.0]), ((2, 9, 13), torch.tensor([9, 1]), 41.0, [40.0, 41.0]),
+        ((2, 9, 13), torch.tensor([3, 4]), 42.0, [40.0, 41.0]), ((1, 9, 13), torch.tensor([6]), 42.0, [41.0, 42.0]),
+        ((2, 9, 13), torch.tensor([21, 22]), 40.0, [42.0, 40.0])]   # 40 was seen: built again
+    first = None
+    for shape, seeds, z, kept in calls:
+        field = octave_noise(shape, seeds, cfg, z=z)
         for b in range(shape[0]):
-            np.testing.assert_allclose(cached[b].numpy(), hand_built_octaves(int(seeds[b]), 9, 13, z, cfg),
+            np.testing.assert_allclose(field[b].numpy(), hand_built_octaves(int(seeds[b]), 9, 13, z, cfg),
                                        rtol=0, atol=1e-6)
-        assert len(simplex._GEOMETRY_CACHE.entries) <= 2
-    assert torch.equal(cached, octave_noise((2, 9, 13), torch.tensor([21, 22]), cfg, z=40.0))
-    grid = (9, 13, 40.0, cfg.octaves, cfg.frequency, "cpu", 2)
-    assert list(simplex._GEOMETRY_CACHE.entries) == [grid[:2] + (41.0,) + grid[3:], grid]   # newest last
-    monkeypatch.setattr(simplex, "_geometry", lambda *xyz: pytest.fail("geometry recomputed for a cached grid"))
-    octave_noise((2, 9, 13), torch.tensor([3, 4]), cfg, z=40.0)
+        assert list(simplex._GRID_CACHE.entries) == [at[k] for k in kept]    # newest last
+        first = field if first is None else first
+    np.testing.assert_allclose(field.numpy(), first.numpy(), rtol=0, atol=1e-7)   # direct sum vs operator
+    monkeypatch.setattr(simplex, "_geometry", lambda *xyz: pytest.fail("geometry recomputed for a kept grid"))
+    octave_noise((2, 9, 13), torch.tensor([3, 4]), cfg, z=42.0)
 
 
 def test_octave_noise_reproducible_and_seed_dependent():

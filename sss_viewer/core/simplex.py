@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable
+from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from .config import NoiseConfig
@@ -48,24 +50,26 @@ def _permutations(seeds: torch.Tensor) -> torch.Tensor:
     The LCG s <- s * A + C (mod 2^64) runs three warm-up steps and then one step per position i = 255..0;
     its k-th state is s_k = A^k s_0 + C (A^k - 1)/(A - 1), so all 259 states come from one product.
     Position i takes source[r] with r = (s + 31) mod (i + 1), and source[r] takes source[i]: a sequential
-    shuffle, so the loop runs over the 256 positions, each step vectorised across the seeds.
+    shuffle, so the loop runs over the 256 positions, each step vectorised across the seeds (in NumPy, whose
+    small operations cost a fraction of torch's).
     """
-    seeds = seeds.to("cpu", torch.int64).reshape(-1)                      # (B,)
+    seeds = seeds.to("cpu", torch.int64).reshape(-1).numpy()              # (B,)
     mults, incs, a, c = [], [], 1, 0
     for _ in range(259):
         a, c = (a * _LCG_A) & _MASK64, (c * _LCG_A + _LCG_C) & _MASK64
         mults.append(_signed64(a))
         incs.append(_signed64(c))
-    states = seeds[:, None] * torch.tensor(mults[3:]) + torch.tensor(incs[3:])   # (B, 256), wraps mod 2^64
-    sizes = torch.arange(256, 0, -1)                                     # i + 1 for i = 255..0
-    picks = (states.remainder(sizes) + 31).remainder(sizes)              # (B, 256), floor-mod as in Python
-    source = torch.arange(256).repeat(len(seeds), 1)                     # (B, 256)
-    perm = torch.empty_like(source)                                      # (B, 256)
+    states = seeds[:, None] * np.array(mults[3:]) + np.array(incs[3:])   # (B, 256), wraps mod 2^64
+    sizes = np.arange(256, 0, -1)                                        # i + 1 for i = 255..0
+    picks = (states % sizes + 31) % sizes                                # (B, 256), floor-mod as in Python
+    rows = np.arange(len(seeds))
+    source = np.tile(np.arange(256), (len(seeds), 1))                    # (B, 256)
+    perm = np.empty_like(source)                                         # (B, 256)
     for step, i in enumerate(range(255, -1, -1)):
-        r = picks[:, step:step + 1]                                      # (B, 1)
-        perm[:, i:i + 1] = source.gather(1, r)
-        source.scatter_(1, r, source[:, i:i + 1].clone())
-    return perm
+        r = picks[:, step]                                               # (B,)
+        perm[:, i] = source[rows, r]
+        source[rows, r] = source[:, i]
+    return torch.from_numpy(perm)
 
 
 def _tables(perm: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -356,17 +360,14 @@ def _pieces(n_points: int, tables: int, device: torch.device) -> tuple[list[slic
 
 
 def _accumulate(out: torch.Tensor, coords: Callable[[slice], tuple[torch.Tensor, ...]], hash2: torch.Tensor,
-                grads: torch.Tensor, weight: float = 1.0,
-                geometry: Callable[[slice, tuple[torch.Tensor, ...]], list[tuple]] | None = None) -> None:
+                grads: torch.Tensor, weight: float = 1.0) -> None:
     """out (T, N) float64 += weight x noise at N points, a piece at a time: coords(part) gives the piece's
-    float64 x, y, z (n,) and its tables, (T, 1) or (1, n) (see _noise3_chunk); geometry(part, xyz), if
-    given, returns the piece's _geometry (e.g. from a cache)."""
+    float64 x, y, z (n,) and its tables, (T, 1) or (1, n) (see _noise3_chunk)."""
     grads = tuple(grads)                                                             # gx, gy, gz
     pieces, group = _pieces(out.shape[1], out.shape[0], out.device)
     for part in pieces:
         *xyz, table = coords(part)
-        regions = geometry(part, xyz) if geometry is not None else _geometry(*xyz)
-        _noise3_chunk(regions, part.stop - part.start, table, hash2, grads, group, out[:, part], weight)
+        _noise3_chunk(_geometry(*xyz), part.stop - part.start, table, hash2, grads, group, out[:, part], weight)
 
 
 def _arange(part: slice, device: torch.device) -> torch.Tensor:
@@ -428,36 +429,97 @@ def noise3_batch(x, y, z, seeds: torch.Tensor) -> torch.Tensor:
     return out.reshape(samples, *x.shape[1:]).to(dtype)
 
 
-class _GeometryCache:
-    """The _geometry of the pieces of the last few shared-point grids (a volume's slices at one timestep
-    share one), newest last; about 0.3 KiB a point, so a 128 x 128 slice's six octaves take ~30 MB."""
+class _GridOperator(NamedTuple):
+    """The seed-free part of octave noise on a grid shared by every sample: with the gradients g_v of a
+    table's V lattice points, field = matrix @ (g_v0x, g_v0y, g_v0z, g_v1x, ...), one column per table."""
+    matrix: torch.Tensor        # (H W, 3V) float64 CSR: sum over octaves k of p^k attn4 d_v / 103 at each pixel
+    hash_at: torch.Tensor       # (V,) int64: each lattice point's position in a 2D hash table
+    grad_at: torch.Tensor       # (V,) int64: and its offset in the gradient table after the hash
 
-    def __init__(self, grids: int = 2):
-        self.grids, self.entries, self.lock = grids, {}, threading.Lock()
+    def fields(self, hash2: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+        """(T, H W) float64 fields for the T tables hash2 (T * _HASH2,) and grads (3, T * _GRADS)."""
+        tables = hash2.numel() // _HASH2
+        number = hash2.view(tables, _HASH2).index_select(1, self.hash_at).long().add_(self.grad_at)  # (T, V)
+        g = grads.view(3, tables, _GRADS).gather(2, number.expand(3, -1, -1))                        # (3, T, V)
+        return (self.matrix @ g.permute(2, 0, 1).reshape(-1, tables)).T                              # (T, H W)
 
-    def getter(self, key: tuple) -> Callable[[slice, tuple[torch.Tensor, ...]], list[tuple]]:
-        """geometry(part, xyz) for _accumulate: the cached pieces of `key`, computed on first use."""
+
+_BUILD_CHUNK = 1 << 16         # points whose geometry is found together while building a _GridOperator
+
+
+def _grid_operator(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, row: torch.Tensor, weight: torch.Tensor,
+                   n_rows: int) -> _GridOperator:
+    """The _GridOperator of n points (flat float64 x, y, z), point i adding weight[i] x noise to row[i].
+
+    Every lattice point term of _region_terms with a non-zero attenuation becomes three entries (one per
+    gradient axis) in the row of its point, in the column of its lattice point; terms of one row and one
+    lattice point (different octaves whose lattice points hash alike) are summed. Rows and columns are
+    sorted, as CSR products on a GPU assume.
+    """
+    rows, keys, values = [], [], []                                   # (m,), (m,), (m, 3) per term
+    for start in range(0, len(x), _BUILD_CHUNK):
+        part = slice(start, start + _BUILD_CHUNK)
+        for points, (corners, extras), hash_at, grad_at in _geometry(x[part], y[part], z[part]):
+            points = points + start
+            terms = [(hash_at + ((ox + 1) * _SIDE + oy + 1), grad_at + (oz + 1), attn4, d)
+                     for (ox, oy), group in corners.items() for oz, attn4, d in group]
+            terms += [(hash_at + xy, grad_at + zo, attn4, d) for xy, zo, attn4, d in extras]
+            for hash_pos, grad_pos, attn4, d in terms:
+                live = (attn4 > 0).nonzero().squeeze(1)               # the others contribute nothing
+                scale = attn4.index_select(0, live) * weight.index_select(0, points.index_select(0, live))
+                rows.append(row.index_select(0, points.index_select(0, live)))
+                keys.append(hash_pos.index_select(0, live) * 1024 + grad_pos.index_select(0, live))
+                values.append(torch.stack([scale * v.index_select(0, live) for v in d], dim=1))
+    rows, keys, values = torch.cat(rows), torch.cat(keys), torch.cat(values)
+    vertices, column = torch.unique(keys, return_inverse=True)        # (V,), (m,)
+    entry, order = torch.sort(rows * len(vertices) + column)          # by row, then lattice point
+    entry, first = torch.unique_consecutive(entry, return_inverse=True)
+    summed = values.new_zeros(len(entry), 3).index_add_(0, first, values.index_select(0, order))  # (e, 3)
+    crow = torch.zeros(n_rows + 1, dtype=torch.int64, device=x.device)
+    crow[1:] = torch.bincount(entry // len(vertices), minlength=n_rows).cumsum(0).mul_(3)
+    col = ((entry % len(vertices)) * 3)[:, None] + torch.arange(3, device=x.device)  # (e, 3)
+    matrix = torch.sparse_csr_tensor(crow, col.view(-1), summed.view(-1), size=(n_rows, 3 * len(vertices)),
+                                     check_invariants=False)          # valid by construction
+    return _GridOperator(matrix, vertices // 1024, vertices % 1024)
+
+
+class _GridCache:
+    """The _GridOperator of the last few shared grids seen twice (a volume's slices at one timestep share
+    one), newest last; 16 bytes an entry, about 105 entries a pixel for six octaves: 26 MB for a 128 x 128
+    grid, 106 MB for 256 x 256. A grid seen once is only remembered: building its operator costs about two
+    direct sums, a loss for one-off grids such as each step of the iterative chain."""
+
+    def __init__(self, grids: int = 2, remembered: int = 16):
+        self.grids, self.remembered = grids, remembered
+        self.entries, self.seen, self.lock = {}, {}, threading.Lock()
+
+    def get(self, key: tuple, build: Callable[[], _GridOperator]) -> _GridOperator | None:
+        """The operator of `key`: None on its first use, built on the second, kept after."""
         with self.lock:
-            pieces = self.entries.pop(key, {})
-            self.entries[key] = pieces                                               # newest last
+            op = self.entries.pop(key, None)
+            again = op is not None or self.seen.pop(key, False)
+            self.seen[key] = True                                                # newest last
+            while len(self.seen) > self.remembered:
+                self.seen.pop(next(iter(self.seen)))
+        if not again:
+            return None
+        if op is None:
+            op = build()
+        with self.lock:
+            self.entries[key] = op                                               # newest last
             while len(self.entries) > self.grids:
                 self.entries.pop(next(iter(self.entries)))
-
-        def geometry(part: slice, xyz: tuple[torch.Tensor, ...]) -> list[tuple]:
-            span = (part.start, part.stop)
-            if span not in pieces:
-                pieces[span] = _geometry(*xyz)
-            return pieces[span]
-        return geometry
+        return op
 
 
-_GEOMETRY_CACHE = _GeometryCache()
+_GRID_CACHE = _GridCache()
 
 
 def forget_geometry() -> None:
-    """Drop the kept grid geometry (to time cold computation, or to free its memory)."""
-    with _GEOMETRY_CACHE.lock:
-        _GEOMETRY_CACHE.entries.clear()
+    """Drop the kept grid operators and the grids seen (to time cold computation, or to free memory)."""
+    with _GRID_CACHE.lock:
+        _GRID_CACHE.entries.clear()
+        _GRID_CACHE.seen.clear()
 
 
 @torch.no_grad()
@@ -467,8 +529,9 @@ def octave_noise(shape: tuple[int, int, int], seeds: torch.Tensor, cfg: NoiseCon
 
     field_b(row, col) = sum_k persistence^k noise3(col f_k, row f_k, z_b f_k, seeds[b]),
     f_k = frequency 2^k for k = 0..octaves-1; z_b (e.g. the timestep) is a float or a (B,) tensor. When
-    every z_b is equal the samples share their points' geometry. With cfg.standardize each field is then
-    rescaled to zero mean and unit (population) std.
+    every z_b is equal the samples share one grid; from its second use on, the grid's seed-free part is a
+    sparse operator (_GridOperator, kept for the next calls) and a call only looks up the seeds' gradients
+    and multiplies. With cfg.standardize each field is then rescaled to zero mean and unit (population) std.
     """
     b, h, w = shape
     seeds = torch.as_tensor(seeds).reshape(-1)                                       # (B,)
@@ -480,33 +543,53 @@ def octave_noise(shape: tuple[int, int, int], seeds: torch.Tensor, cfg: NoiseCon
     device = torch.device("cpu" if device is None else device)
     z = (z[:1] if bool((z == z[0]).all()) else z).to(device)                         # one z: shared points
     hash2, grads = _tables(_permutations(seeds), device)
-    shared = len(z) == 1
-    rows, cols = (b, h * w) if shared else (1, b * h * w)
-    key = (h, w, float(z[0]), cfg.octaves, cfg.frequency, str(device), rows)        # the grid, if shared
-    every_table = torch.arange(b, device=device)[:, None]                            # (B, 1)
     freq = torch.tensor([cfg.frequency * 2.0 ** k for k in range(cfg.octaves)], dtype=torch.float64,
                         device=device)                                               # (K,) f_k
+    shared = len(z) == 1
+    if shared:            # one grid for every sample: its seed-free operator, from its second use on
+        key = (h, w, float(z[0]), cfg.octaves, cfg.frequency, cfg.persistence, str(device))
+        op = _GRID_CACHE.get(key, lambda: _octave_operator(h, w, z, freq, cfg.persistence))
+        if op is not None:
+            return _finish(op.fields(hash2, grads).view(b, h, w), cfg)
 
-    # Every point of every octave, octave after octave: (K cols,) float64 coordinates (col f_k, row f_k, z f_k).
+    # Summed directly: every point of every octave, octave after octave, (K cols,) float64 coordinates
+    # (col f_k, row f_k, z f_k), with every table (a shared grid) or each point's sample's table.
+    rows, cols = (b, h * w) if shared else (1, b * h * w)
     index = torch.arange(cols, device=device)                                        # (cols,)
     col, row = (index % w).double(), (index // w % h).double()
     sample = index // (h * w)                                                        # (cols,) its slice
     x, y = (torch.outer(freq, v).view(-1) for v in (col, row))                       # (K cols,)
     z = torch.outer(freq, z.expand(cols) if shared else z.index_select(0, sample)).view(-1)  # (K cols,)
-    tables = sample.repeat(cfg.octaves)[None]                                        # (1, K cols)
+    tables = torch.arange(b, device=device)[:, None] if shared else sample.repeat(cfg.octaves)[None]
 
     def coords(part: slice) -> tuple[torch.Tensor, ...]:
-        """A piece of the points, and their tables: every table (shared points) or each point's own."""
-        return x[part], y[part], z[part], every_table if shared else tables[:, part]
+        """A piece of the points, and their tables: every table (B, 1), or each point's own (1, n)."""
+        return x[part], y[part], z[part], tables if shared else tables[:, part]
 
     # Every octave in one pass (six times fewer, larger operations: what an accelerator needs), then summed.
-    # Shared points have the same geometry for every seed: it is kept for the next call with the same grid.
     octaves = torch.zeros((rows, cfg.octaves * cols), dtype=torch.float64, device=device)  # (rows, K cols)
-    _accumulate(octaves, coords, hash2, grads, geometry=_GEOMETRY_CACHE.getter(key) if shared else None)
+    _accumulate(octaves, coords, hash2, grads)
     field = torch.zeros((rows, cols), dtype=torch.float64, device=device)           # (B, H W) or (1, B H W)
     for k, octave in enumerate(octaves.split(cols, dim=1)):
         field.add_(octave, alpha=cfg.persistence ** k)
-    field = field.view(b, h, w)
+    return _finish(field.view(b, h, w), cfg)
+
+
+def _octave_operator(h: int, w: int, z: torch.Tensor, freq: torch.Tensor, persistence: float) -> _GridOperator:
+    """The _GridOperator of every octave of an h x w pixel grid at z (1,): octave k's points (col f_k, row f_k,
+    z f_k) add persistence^k / 103 x their noise to their pixel."""
+    octaves, pixels = len(freq), h * w
+    index = torch.arange(pixels, device=freq.device)                                 # (H W,)
+    col, row = (index % w).double(), (index // w).double()
+    x, y = (torch.outer(freq, v).view(-1) for v in (col, row))                       # (K H W,)
+    z = torch.outer(freq, z.expand(pixels)).view(-1)                                 # (K H W,)
+    weight = torch.tensor([persistence ** k / _NORM for k in range(octaves)], dtype=torch.float64,
+                          device=freq.device).repeat_interleave(pixels)              # (K H W,)
+    return _grid_operator(x, y, z, index.repeat(octaves), weight, pixels)
+
+
+def _finish(field: torch.Tensor, cfg: NoiseConfig) -> torch.Tensor:
+    """(B, H, W) float64 octave sums -> float32, each standardised to zero mean and unit std if cfg asks."""
     if cfg.standardize:
         std, mean = torch.std_mean(field, dim=(1, 2), correction=0, keepdim=True)   # (B, 1, 1)
         field = (field - mean) / std.clamp_min(torch.finfo(torch.float64).tiny)
