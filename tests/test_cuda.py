@@ -26,8 +26,8 @@ CUDA, CPU = torch.device("cuda"), torch.device("cpu")
 def test_noise_on_the_gpu_equals_the_cpu():
     seeds = torch.tensor([0, 1, 12345, 2 ** 31 - 2])
     cfg = NoiseConfig()
-    for z in (0.0, 300.0, torch.tensor([250.0, 300.0, 350.0, 400.0])):
-        gpu = octave_noise((4, 64, 64), seeds, cfg, z=z, device=CUDA)
+    for z in (0.0, 300.0, 300.0, 300.0, torch.tensor([250.0, 300.0, 350.0, 400.0])):   # 300: summed, then
+        gpu = octave_noise((4, 64, 64), seeds, cfg, z=z, device=CUDA)                    # the grid operator
         assert gpu.device.type == "cuda"
         # float64 inside, float32 out: fused multiply-adds on the GPU may move a value by one float32 step
         torch.testing.assert_close(gpu.cpu(), octave_noise((4, 64, 64), seeds, cfg, z=z), rtol=0, atol=1e-6)

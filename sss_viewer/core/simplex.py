@@ -44,6 +44,19 @@ def _signed64(value: int) -> int:
     return value - (1 << 64) if value >> 63 else value
 
 
+def _lcg_steps() -> tuple[np.ndarray, np.ndarray]:
+    """A^k and C (A^k - 1)/(A - 1) mod 2^64 as signed int64, for the states k = 4..259 the shuffle uses."""
+    mults, incs, a, c = [], [], 1, 0
+    for _ in range(259):
+        a, c = (a * _LCG_A) & _MASK64, (c * _LCG_A + _LCG_C) & _MASK64
+        mults.append(_signed64(a))
+        incs.append(_signed64(c))
+    return np.array(mults[3:]), np.array(incs[3:])
+
+
+_LCG_MULTS, _LCG_INCS = _lcg_steps()     # (256,) each
+
+
 def _permutations(seeds: torch.Tensor) -> torch.Tensor:
     """The package's seeded permutation of 0..255 (its _init), for B seeds at once: (B,) int64 -> (B, 256) int64.
 
@@ -54,12 +67,7 @@ def _permutations(seeds: torch.Tensor) -> torch.Tensor:
     small operations cost a fraction of torch's).
     """
     seeds = seeds.to("cpu", torch.int64).reshape(-1).numpy()              # (B,)
-    mults, incs, a, c = [], [], 1, 0
-    for _ in range(259):
-        a, c = (a * _LCG_A) & _MASK64, (c * _LCG_A + _LCG_C) & _MASK64
-        mults.append(_signed64(a))
-        incs.append(_signed64(c))
-    states = seeds[:, None] * np.array(mults[3:]) + np.array(incs[3:])   # (B, 256), wraps mod 2^64
+    states = seeds[:, None] * _LCG_MULTS + _LCG_INCS                     # (B, 256), wraps mod 2^64
     sizes = np.arange(256, 0, -1)                                        # i + 1 for i = 255..0
     picks = (states % sizes + 31) % sizes                                # (B, 256), floor-mod as in Python
     rows = np.arange(len(seeds))
