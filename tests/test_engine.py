@@ -1,11 +1,13 @@
 """Engine: schedule, q_sample, single-step and iterative sampling with an oracle, UNet presets, detector."""
 
+import functools
+
 import numpy as np
 import pytest
 import torch
 
-from sss_viewer.core.anomaly import (Detector, PostProcess, consensus_mask, make_mask, postprocess, slice_scores,
-                                     slice_seeds)
+from sss_viewer.core.anomaly import (Detector, PostProcess, consensus_mask, make_mask, native_bf16, postprocess,
+                                     slice_scores, slice_seeds)
 from sss_viewer.core.config import PRESETS, DiffusionConfig, NoiseConfig
 from sss_viewer.core.diffusion import Diffusion
 from sss_viewer.core.unet import AttentionBlock, UNet, count_parameters
@@ -136,11 +138,13 @@ def model_and_slices(preset, b=5):
 
 
 def test_detector_result_independent_of_batching(tiny_preset):
+    """In fp32 a slice's result does not depend on its batch (in bf16 only to bf16's precision)."""
     model, slices = model_and_slices(tiny_preset)
-    whole = Detector(model, tiny_preset, device="cpu", batch_size=5).reconstruct(slices, 300, seed=7)
-    one = Detector(model, tiny_preset, device="cpu", batch_size=2).reconstruct(slices[3:4], 300, seed=7, indices=[3])
+    det = functools.partial(Detector, model, tiny_preset, device="cpu", precision="fp32")
+    whole = det(batch_size=5).reconstruct(slices, 300, seed=7)
+    one = det(batch_size=2).reconstruct(slices[3:4], 300, seed=7, indices=[3])
     np.testing.assert_allclose(one.recon[0], whole.recon[3], atol=1e-5)
-    other_seed = Detector(model, tiny_preset, device="cpu").reconstruct(slices[3:4], 300, seed=8, indices=[3])
+    other_seed = det().reconstruct(slices[3:4], 300, seed=8, indices=[3])
     assert not np.allclose(other_seed.recon[0], whole.recon[3])
     np.testing.assert_allclose(whole.error, (slices - whole.recon) ** 2, rtol=1e-6)
 
@@ -148,8 +152,8 @@ def test_detector_result_independent_of_batching(tiny_preset):
 def test_compiled_detector_pads_to_one_shape_and_matches_eager(tiny_preset):
     """torch.compile (inductor, C++ on a CPU; tens of seconds): 5 slices in batches of 3, the last padded."""
     model, slices = model_and_slices(tiny_preset)
-    eager = Detector(model, tiny_preset, device="cpu", batch_size=3).reconstruct(slices, 300, seed=2)
-    compiled = Detector(model, tiny_preset, device="cpu", batch_size=3, compile=True)
+    eager = Detector(model, tiny_preset, device="cpu", batch_size=3, precision="fp32").reconstruct(slices, 300, seed=2)
+    compiled = Detector(model, tiny_preset, device="cpu", batch_size=3, compile=True, precision="fp32")
     shapes = []
     compiled.model.register_forward_pre_hook(lambda module, args: shapes.append(tuple(args[0].shape)))
     out = compiled.reconstruct(slices, 300, seed=2)
@@ -157,6 +161,23 @@ def test_compiled_detector_pads_to_one_shape_and_matches_eager(tiny_preset):
     np.testing.assert_allclose(out.recon, eager.recon, atol=1e-5)
     np.testing.assert_allclose(out.error, eager.error, rtol=1e-5, atol=1e-5)
     assert shapes == [(3, 1, 32, 32)] * 2
+
+
+def test_bf16_on_the_cpu_is_close_to_fp32_and_auto_follows_the_hardware(tiny_preset):
+    model, slices = model_and_slices(tiny_preset)
+    fp32 = Detector(model, tiny_preset, device="cpu", precision="fp32")
+    bf16 = Detector(model, tiny_preset, device="cpu", precision="bf16")
+    assert bf16.layout == torch.channels_last and fp32.layout == torch.contiguous_format
+    x, t = torch.from_numpy(slices[:, None]), torch.full((5,), 300)
+    with torch.inference_mode():
+        eps32, eps16 = fp32._eps(x, t), bf16._eps(x, t)
+    assert eps16.dtype == torch.float32 and 0 < (eps16 - eps32).abs().mean() < 0.03 * eps32.abs().mean()
+    a, b = fp32.reconstruct(slices, 300, seed=1), bf16.reconstruct(slices, 300, seed=1)
+    assert np.abs(a.recon - b.recon).mean() < 0.03 * np.abs(a.recon - slices).mean()
+    native = native_bf16(torch.device("cpu"))
+    assert Detector(model, tiny_preset, device="cpu").precision == ("bf16" if native else "fp32")
+    with pytest.raises(ValueError, match="precision"):
+        Detector(model, tiny_preset, device="cpu", precision="fp16")
 
 
 def test_detector_progress_and_cancel(tiny_preset):
@@ -210,9 +231,10 @@ def test_gaussian_noise_follows_per_slice_seeds(tiny_preset):
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.05)
     slices = smooth_image(b=4)[:, 0].numpy()
-    whole = Detector(model, preset, device="cpu", batch_size=4).reconstruct(slices, 300, seed=3)
+    whole = Detector(model, preset, device="cpu", batch_size=4, precision="fp32").reconstruct(slices, 300, seed=3)
     torch.manual_seed(123)                                    # the global generator must not matter
-    part = Detector(model, preset, device="cpu", batch_size=1).reconstruct(slices[2:], 300, seed=3, indices=[2, 3])
+    part = Detector(model, preset, device="cpu", batch_size=1, precision="fp32").reconstruct(slices[2:], 300, seed=3,
+                                                                                           indices=[2, 3])
     np.testing.assert_allclose(part.recon, whole.recon[2:], atol=1e-5)
 
 

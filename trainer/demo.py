@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from sss_viewer.core.anomaly import Detector, detect_volume
+from sss_viewer.core.anomaly import PRECISION_HELP, PRECISIONS, Detector, detect_volume
 from sss_viewer.core.checkpoint import load_checkpoint
 from sss_viewer.core.metrics import dice
 from sss_viewer.core.resources import DEMO_MASK, DEMO_VOLUME, resource
@@ -93,7 +93,7 @@ def build(template: Path) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
 
 
 def check(checkpoint: Path, template: Path | None = None, volume: Path | None = None,
-          mask: Path | None = None, device: str = "cpu") -> dict:
+          mask: Path | None = None, device: str = "cpu", precision: str = "auto") -> dict:
     """Demo quality at the default settings (lambda 300, threshold 0.3, post-processing), in model space.
 
     lesion_dice: mean slice-wise Dice of the mask on the slices that hold the lesion; lesion_slices_hit:
@@ -103,7 +103,7 @@ def check(checkpoint: Path, template: Path | None = None, volume: Path | None = 
     slice and the flagged volume in mL (with `template`).
     """
     ckpt = load_checkpoint(checkpoint)
-    detector = Detector(ckpt.model, ckpt.preset, device=device)
+    detector = Detector(ckpt.model, ckpt.preset, device=device, precision=precision)
     vol = load_volume(volume or resource(DEMO_VOLUME))
     mv = prepare(vol, ckpt.preset.preprocess)
     truth = mv.mask_to_model(load_mask(mask or resource(DEMO_MASK), vol))    # (Z, S, S)
@@ -111,7 +111,8 @@ def check(checkpoint: Path, template: Path | None = None, volume: Path | None = 
     lesion = [i for i, z in enumerate(result.slice_indices) if truth[z].any()]
     per_slice = [dice(result.mask[i], truth[result.first_slice + i]) for i in lesion]
     others = [i for i in range(len(result.scores)) if i not in set(lesion)]
-    report = {"checkpoint": str(checkpoint), "step": ckpt.step, "lesion_slices": len(lesion),
+    report = {"checkpoint": str(checkpoint), "step": ckpt.step, "precision": detector.precision,
+              "lesion_slices": len(lesion),
               "lesion_dice": float(np.mean(per_slice)), "lesion_dice_min": float(np.min(per_slice)),
               "volume_dice": dice(result.mask, truth[result.slice_indices]),
               "lesion_slices_hit": float(np.mean([(result.mask[i] & truth[result.first_slice + i]).any()
@@ -136,10 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", type=Path, metavar="CKPT",
                         help="instead of building, report the checkpoint's Dice on the demo and the template")
     parser.add_argument("--device", default="cpu", help="device of --check: cpu (default, as shipped) or cuda")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=f"of --check: {PRECISION_HELP}")
     args = parser.parse_args(argv)
     try:
         if args.check:
-            print(json.dumps(check(args.check, args.template, device=args.device), indent=2))
+            print(json.dumps(check(args.check, args.template, device=args.device, precision=args.precision),
+                             indent=2))
             return 0
         volume, mask = build(args.template)
     except (OSError, ValueError, nib.filebasedimages.ImageFileError) as e:

@@ -19,7 +19,8 @@ import torch
 from tqdm import tqdm
 
 import sss_viewer
-from sss_viewer.core.anomaly import CONSENSUS_TIMESTEPS, DEFAULT_THRESHOLD, PostProcess, consensus_mask, make_mask
+from sss_viewer.core.anomaly import (CONSENSUS_TIMESTEPS, DEFAULT_THRESHOLD, PRECISION_HELP, PRECISIONS, PostProcess,
+                                     consensus_mask, make_mask)
 from sss_viewer.core.checkpoint import load_detector, preset_to_dict
 from sss_viewer.core.config import PreprocessConfig
 from sss_viewer.core.files import atomic_write_text
@@ -501,6 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated, from {','.join(METHODS)} (default {','.join(DEFAULT_METHODS)}); "
                         "the anoddpm* chains make lambda model calls per slice: slow on a CPU")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N] (default auto)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     p.add_argument("--seed", type=int, default=0, help="noise seed; equal seeds give equal tables (default 0)")
     p.add_argument("--max-cases", type=int, metavar="N", help="evaluate only the first N cases of the modality")
     p.add_argument("--healthy", type=Path, nargs="+", default=[], metavar="PATH",
@@ -527,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     except EvalError as err:
         return fail(err)
     try:
-        ckpt, detector = load_detector(args.checkpoint, args.device)
+        ckpt, detector = load_detector(args.checkpoint, args.device, precision=args.precision)
     except ValueError as err:  # CheckpointError or the device
         return fail(err)
     too_far = sorted({t for m in args.methods for t in m.timesteps if t >= ckpt.preset.diffusion.timesteps})
@@ -552,7 +554,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"manifest": str(args.manifest.resolve()), "modality": args.modality,
             "checkpoint": {"path": str(ckpt.path.resolve()), "sha256": ckpt.sha256, "step": ckpt.step,
                            "preset": preset_to_dict(ckpt.preset)},
-            "device": str(detector.device), "healthy": [str(p) for p in args.healthy]}
+            "device": str(detector.device), "precision": detector.precision,
+            "healthy": [str(p) for p in args.healthy]}
     try:
         paths = write_results(evaluation, args.out, meta, source=f"{args.manifest} ({args.modality})")
     except OSError as err:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..core.anomaly import (DEFAULT_BATCH, DEFAULT_TIMESTEP, Detector, describe_machine, detect_volume,
-                            resolve_device)
+                            native_bf16, resolve_device)
 from ..core.config import PRESETS, NoiseConfig
 from ..core.simplex import forget_geometry, octave_noise
 from ..core.unet import UNet
@@ -102,9 +102,10 @@ def bench_noise(device: torch.device, batch: int, size: int = 256, package_field
             "noise_max_abs_diff": float(np.abs(ours - ref).max())}
 
 
-def bench_matmul(device: torch.device) -> dict:
-    """Measured matrix-product peak: bf16 8192^3 on CUDA, fp32 2048^3 on a CPU (2 n^3 FLOPs per product)."""
-    n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (2048, torch.float32)
+def bench_matmul(device: torch.device, dtype: torch.dtype | None = None) -> dict:
+    """Measured matrix-product peak (2 n^3 FLOPs per product): bf16 8192^3 on CUDA, fp32 (or dtype) 2048^3 on
+    a CPU."""
+    n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (2048, dtype or torch.float32)
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     sec = timed(lambda: a @ b, device, repeats=10 if device.type == "cuda" else 3, warmup=3)
@@ -131,7 +132,7 @@ def bench_sss_vs_iterative(preset_name: str, device: torch.device, lambdas: tupl
     def unet() -> None:
         with torch.inference_mode():
             det._eps(x, t)
-    out, unet_s = {"sss_preset": preset_name}, float("inf")
+    out, unet_s = {"sss_preset": preset_name, "sss_precision": det.precision}, float("inf")
     for lam in lambdas:
         forget_geometry()                                    # the first slice at a new lambda, then the next ones
         out[f"sss_first_s_{lam}"] = timed(lambda: det.reconstruct(slice_, lam), device, repeats=1, warmup=0)
@@ -174,7 +175,7 @@ def bench_throughput(preset_name: str, device: torch.device, batch_sizes: list[i
             model = model.to(memory_format=torch.channels_last)
         fn = torch.compile(model) if opts.get("compile") else model
         torch.backends.cudnn.benchmark = bool(opts.get("cudnn_benchmark"))   # autotuned convolutions per shape
-        amp = torch.autocast("cuda", dtype=torch.bfloat16) if opts.get("bf16") else nullcontext()
+        amp = torch.autocast(device.type, dtype=torch.bfloat16) if opts.get("bf16") else nullcontext()
         for b in batch_sizes:
             x = torch.randn(b, 1, s, s, device=device)
             if opts.get("channels_last"):
@@ -232,7 +233,7 @@ def bench_volume(preset_name: str, device: torch.device, n_slices: int, batch: i
     noise_s = timed(lambda: det.diffusion.noise_like(x, DEFAULT_TIMESTEP, seeds=seeds), device)
     best["noise_s"] = noise_s * -(-n_slices // batch)         # the noise fields alone, timed apart (in model_s)
     return {"volume_preset": preset_name, "volume_slices": n_slices, "volume_batch": batch,
-            "volume_compiled": compile, **best}
+            "volume_compiled": compile, "volume_precision": det.precision, **best}
 
 
 def print_table(title: str, rows: list[tuple[str, str]]) -> None:
@@ -272,9 +273,13 @@ def main(argv: list[str] | None = None) -> int:
             args.json.write_text(json.dumps(res, indent=2))
 
     res.update(bench_matmul(device))
-    peak = res["matmul_peak_tflops"]
-    print_table("Matrix-product peak, measured", [
-        (f"{res['matmul_dtype']} {res['matmul_n']}^3", f"{peak:.1f} TFLOP/s")])
+    peaks = {"fp32": res["matmul_peak_tflops"], "bf16": res["matmul_peak_tflops"]}   # CUDA: both against bf16's
+    rows = [(f"{res['matmul_dtype']} {res['matmul_n']}^3", f"{peaks['fp32']:.1f} TFLOP/s")]
+    if not cuda and native_bf16(device):               # a CPU's bf16 rows against its own bf16 peak
+        bf16 = bench_matmul(device, torch.bfloat16)
+        res["matmul_bf16_peak_tflops"] = peaks["bf16"] = bf16["matmul_peak_tflops"]
+        rows.append((f"bfloat16 {bf16['matmul_n']}^3", f"{peaks['bf16']:.1f} TFLOP/s"))
+    print_table("Matrix-product peak, measured", rows)
     save()
 
     if "noise" in args.parts:
@@ -285,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         save()
     if "throughput" in args.parts:
         for name in ("small", "paper"):
-            throughput_part(res, name, device, args.quick, peak)
+            throughput_part(res, name, device, args.quick, peaks)
             save()
     if "volume" in args.parts:
         # CUDA: both presets, the UNet as it is and (unless --no-compile) compiled; a CPU: small, as it is.
@@ -297,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             if not compiled:     # the last plain run (paper on CUDA, small on a CPU) under the plain keys too
                 res.update(vol)
             print_table(f"Whole volume end to end, {vol['volume_slices']} slices, {name} preset, batch "
-                        f"{vol['volume_batch']}{', compiled UNet' if compiled else ''}",
+                        f"{vol['volume_batch']}, {vol['volume_precision']}{', compiled UNet' if compiled else ''}",
                         [(k, f"{vol[k]:.3f} s") for k in ("preprocess_s", "noise_s", "model_s", "postprocess_s",
                                                           "map_back_s", "volume_total_s")])
             save()
@@ -308,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             res[f"compiled_slices_per_s_{name}"] = tp["best"]["slices_per_s"]
             print_table(f"Compiled, {name} preset", [
                 (f"{r['variant']}, batch {r['batch']}", f"{r['slices_per_s']:.2f} slices/s, {r['tflops'] * 1e3:.1f} "
-                 f"GFLOP/s ({100 * r['tflops'] / peak:.1f}% of the matmul peak)") for r in tp["rows"]])
+                 f"GFLOP/s ({100 * r['tflops'] / peaks['bf16']:.1f}% of the matmul peak)") for r in tp["rows"]])
             save()
     return 0
 
@@ -327,31 +332,35 @@ def noise_part(res: dict, device: torch.device, quick: bool) -> None:
 
 def sss_part(res: dict, device: torch.device) -> None:
     res.update(bench_sss_vs_iterative("paper" if device.type == "cuda" else "small", device, (250, 300)))
-    print_table(f"Single-step vs iterative, one slice, {res['sss_preset']} preset", [
+    print_table(f"Single-step vs iterative, one slice, {res['sss_preset']} preset, {res['sss_precision']}", [
         ("one UNet call (s)", f"{res['unet_call_s']:.4f}")] + [
         (f"lambda={lam}: SSS / iterative (s)", f"{res[f'sss_s_{lam}']:.4f} / {res[f'iterative_s_{lam}']:.2f}  "
          f"ratio {res[f'sss_speedup_{lam}']:.0f}x, overhead {100 * res[f'sss_overhead_{lam}']:.1f}% "
          f"(first slice at this lambda {res[f'sss_first_s_{lam}']:.4f} s)") for lam in (250, 300)])
 
 
-def throughput_part(res: dict, name: str, device: torch.device, quick: bool, peak: float) -> None:
+def throughput_part(res: dict, name: str, device: torch.device, quick: bool, peaks: dict[str, float]) -> None:
     if device.type == "cuda":
         sizes = [1, 16] if quick else [1, 16, 64, 150]
         variants = {"fp32": {}, "bf16": {"bf16": True},
                     "bf16+channels_last": {"bf16": True, "channels_last": True},
                     "bf16+cudnn.benchmark": {"bf16": True, "cudnn_benchmark": True}}
-    else:
+    else:   # bf16 where the CPU has it natively (elsewhere it is emulated: slow, and not what the tools use)
         sizes = ([1, 8] if quick else [1, 4, 16]) if name == "small" else ([1] if quick else [1, 4])
         variants = {"fp32": {}}
+        if native_bf16(device):
+            variants.update({"bf16": {"bf16": True}, "bf16+channels_last": {"bf16": True, "channels_last": True}})
     tp = bench_throughput(name, device, sizes, variants)
     res[f"slices_per_s_{name}"] = tp["best"]["slices_per_s"]
     res[f"flops_per_slice_{name}"] = tp["flops_per_slice"]
     res[f"best_{name}"] = tp["best"]
     res[f"throughput_{name}"] = tp["rows"]
-    res[f"peak_fraction_{name}"] = tp["best"]["tflops"] / peak
+    for r in tp["rows"]:
+        r["peak_fraction"] = r["tflops"] / peaks["bf16" if "bf16" in r["variant"] else "fp32"]
+    res[f"peak_fraction_{name}"] = tp["best"]["peak_fraction"]
     print_table(f"Throughput, {name} preset ({tp['flops_per_slice'] / 1e9:.1f} GFLOP per slice)", [
         (f"{r['variant']}, batch {r['batch']}", f"{r['slices_per_s']:.2f} slices/s, {r['tflops'] * 1e3:.1f} "
-         f"GFLOP/s ({100 * r['tflops'] / peak:.1f}% of the matmul peak), peak {r['peak_mem_mb']:.0f} MB")
+         f"GFLOP/s ({100 * r['peak_fraction']:.1f}% of its type's matmul peak), peak {r['peak_mem_mb']:.0f} MB")
         for r in tp["rows"]])
 
 

@@ -17,8 +17,8 @@ import torch
 from tqdm import tqdm
 
 import sss_viewer
-from sss_viewer.core.anomaly import (CONSENSUS_TIMESTEPS, DEFAULT_THRESHOLD, DEFAULT_TIMESTEP, Detector, PostProcess,
-                                     detect_volume)
+from sss_viewer.core.anomaly import (CONSENSUS_TIMESTEPS, DEFAULT_THRESHOLD, DEFAULT_TIMESTEP, PRECISION_HELP,
+                                     PRECISIONS, Detector, PostProcess, detect_volume)
 from sss_viewer.core.checkpoint import LoadedCheckpoint, load_detector, preset_to_dict
 from sss_viewer.core.files import atomic_write_text
 from sss_viewer.core.volume import NIFTI_SUFFIXES, load_volume, prepare, write_nifti
@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="noise seed; equal seeds give equal results (default 0)")
     p.add_argument("--batch-size", type=int, default=None, metavar="B",
                    help="slices per model call (default 4 on a CPU, 16 on CUDA)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     p.add_argument("--compile", action="store_true",
                    help="compile the model with torch.compile first: a minute or more, then 1.5-2.2x the "
                         "model's throughput on an H200 (BENCHMARKS.md); pays off for many volumes")
@@ -170,7 +171,7 @@ def process(path: Path, outs: Outputs, detector: Detector, ckpt: LoadedCheckpoin
                            "votes": (args.votes or len(timesteps) // 2 + 1) if len(timesteps) > 1 else None,
                            "threshold": args.threshold, "postprocess": pp.enabled, "seed": args.seed,
                            "batch_size": detector.batch_size, "device": str(detector.device),
-                           "compiled": detector.compiled},
+                           "precision": detector.precision, "compiled": detector.compiled},
             "checkpoint": checkpoint_identity(ckpt),
             "timings_s": {"load": t_loaded - t_start, "preprocess": t_prepared - t_loaded, "model": result.seconds,
                           "postprocess": t_post - t_prepared - result.seconds, "write": t_written - t_post,
@@ -208,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.exists() and not args.out.is_dir():
         return fail(f"--out {args.out} is a file; give a folder")
     try:
-        ckpt, detector = load_detector(args.checkpoint, args.device, args.batch_size, compile=args.compile)
+        ckpt, detector = load_detector(args.checkpoint, args.device, args.batch_size, compile=args.compile,
+                                       precision=args.precision)
     except ValueError as err:  # CheckpointError or the device
         return fail(err)
     bad_t = [t for t in timesteps if not 0 <= t < ckpt.preset.diffusion.timesteps]

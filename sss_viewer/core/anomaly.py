@@ -22,6 +22,9 @@ DEFAULT_TIMESTEP = 300
 DEFAULT_THRESHOLD = 0.3
 CONSENSUS_TIMESTEPS = (250, 300, 350, 400)
 DEFAULT_BATCH = {"cpu": 4, "cuda": 16}   # slices per model call; on 2 CPU cores 4 beats 16 (BENCHMARKS.md)
+PRECISIONS = ("auto", "fp32", "bf16")     # the UNet's arithmetic; auto: bf16 where it is native (native_bf16)
+PRECISION_HELP = ("the UNet's arithmetic: auto (default) is bf16 on a GPU and on a CPU with AMX/AVX-512 BF16, "
+                  "else fp32; fp32 reproduces full-precision results everywhere")
 _SEED_MIX = (0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D)   # odd multipliers for hashing (seed, slice, timestep)
 
 
@@ -159,6 +162,16 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return device
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 matrix arithmetic is native on device: a CUDA GPU, or a CPU with AMX or AVX-512 BF16
+    instructions (there oneDNN's bf16 convolutions ran the UNets 2.5-4x faster than fp32, BENCHMARKS.md;
+    elsewhere bf16 is emulated and slower)."""
+    if device.type == "cuda":
+        return True
+    probes = (getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+    return any(probe is not None and probe() for probe in probes)
+
+
 def describe_machine(device: torch.device) -> str:
     """Platform, Python and torch versions and the device's name (a CPU's model and core count), for records."""
     if device.type == "cuda":
@@ -178,14 +191,19 @@ class Detector:
     """Runs single-step sampling (or the iterative chain) batched over slices on one device."""
 
     def __init__(self, model: torch.nn.Module, preset: Preset, device: str | torch.device = "auto",
-                 batch_size: int | None = None, compile: bool = False):
+                 batch_size: int | None = None, compile: bool = False, precision: str = "auto"):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         self.device = resolve_device(device)
         self.preset = preset
         self.diffusion = Diffusion(preset.diffusion, preset.noise)
         self.batch_size = batch_size or DEFAULT_BATCH.get(self.device.type, DEFAULT_BATCH["cpu"])
         self.cuda = self.device.type == "cuda"
-        # Contiguous (not channels_last) layout: channels_last was 1.3x slower in bf16 on an H200 (BENCHMARKS.md).
-        self.model = model.to(self.device).eval()
+        self.precision = ("bf16" if native_bf16(self.device) else "fp32") if precision == "auto" else precision
+        # Layout: contiguous on CUDA (channels_last was 1.3x slower in bf16 on an H200), channels_last for bf16
+        # on a CPU (oneDNN's blocked bf16 kernels: 1.4-2.2x over contiguous there); BENCHMARKS.md.
+        self.layout = torch.channels_last if self.precision == "bf16" and not self.cuda else torch.contiguous_format
+        self.model = model.to(self.device).eval().to(memory_format=self.layout)
         # torch.compile: one graph for one input shape, so every call is padded to batch_size slices; the
         # first call compiles (a minute or more).
         self.compiled = compile
@@ -197,7 +215,7 @@ class Detector:
         return self.device if self.cuda else None
 
     def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.precision == "bf16" else nullcontext()
 
     def _eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         b = len(x)
@@ -205,7 +223,7 @@ class Detector:
             x = torch.cat([x, x.new_zeros(self.batch_size - b, *x.shape[1:])])
             t = torch.cat([t, t[:1].expand(self.batch_size - b)])
         with self._autocast():
-            return self._forward(x, t)[:b].float()
+            return self._forward(x.contiguous(memory_format=self.layout), t)[:b].float()
 
     @torch.inference_mode()
     def reconstruct(self, slices: np.ndarray, timestep: int = DEFAULT_TIMESTEP, seed: int = 0,

@@ -113,8 +113,9 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
 
 
 def load_detector(checkpoint: str | os.PathLike | None, device: str = "auto", batch_size: int | None = None,
-                  compile: bool = False) -> tuple[LoadedCheckpoint, Detector]:
-    """The checkpoint (None: resources.default_checkpoint()) and a Detector running it on device (compiled).
+                  compile: bool = False, precision: str = "auto") -> tuple[LoadedCheckpoint, Detector]:
+    """The checkpoint (None: resources.default_checkpoint()) and a Detector running it on device (see
+    Detector for the other options).
 
     Raises CheckpointError when there is no usable checkpoint and ValueError for an unusable device,
     each with a one-line message that says what to do.
@@ -127,4 +128,5 @@ def load_detector(checkpoint: str | os.PathLike | None, device: str = "auto", ba
         ckpt = load_checkpoint(path)
     except CheckpointError as err:
         raise CheckpointError(f"{err}; pass a checkpoint made by sss-train with --checkpoint") from err
-    return ckpt, Detector(ckpt.model, ckpt.preset, device, batch_size=batch_size, compile=compile)
+    return ckpt, Detector(ckpt.model, ckpt.preset, device, batch_size=batch_size, compile=compile,
+                          precision=precision)

