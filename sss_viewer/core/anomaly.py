@@ -164,8 +164,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 def native_bf16(device: torch.device) -> bool:
     """Whether bf16 matrix arithmetic is native on device: a CUDA GPU, or a CPU with AMX or AVX-512 BF16
-    instructions (there oneDNN's bf16 convolutions ran the UNets 2.5-4x faster than fp32, BENCHMARKS.md;
-    elsewhere bf16 is emulated and slower)."""
+    instructions (there oneDNN's bf16 convolutions, with channels_last, ran the UNets 2-4.7x faster than
+    fp32, BENCHMARKS.md; elsewhere bf16 is emulated and slower)."""
     if device.type == "cuda":
         return True
     probes = (getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
@@ -201,7 +201,7 @@ class Detector:
         self.cuda = self.device.type == "cuda"
         self.precision = ("bf16" if native_bf16(self.device) else "fp32") if precision == "auto" else precision
         # Layout: contiguous on CUDA (channels_last was 1.3x slower in bf16 on an H200), channels_last for bf16
-        # on a CPU (oneDNN's blocked bf16 kernels: 1.4-2.2x over contiguous there); BENCHMARKS.md.
+        # on a CPU (oneDNN's blocked bf16 kernels: 1.2-2.4x over contiguous bf16 there); BENCHMARKS.md.
         self.layout = torch.channels_last if self.precision == "bf16" and not self.cuda else torch.contiguous_format
         self.model = model.to(self.device).eval().to(memory_format=self.layout)
         # torch.compile: one graph for one input shape, so every call is padded to batch_size slices; the
