@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import math
 import os
@@ -19,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 import sss_viewer
+from sss_viewer.cli import bad_input
 from sss_viewer.core.anomaly import (CONSENSUS_TIMESTEPS, DEFAULT_THRESHOLD, PRECISION_HELP, PRECISIONS, PostProcess,
                                      consensus_mask, make_mask)
 from sss_viewer.core.checkpoint import load_detector, preset_to_dict
@@ -30,7 +32,6 @@ from sss_viewer.core.volume import ModelVolume, load_mask, load_volume, prepare
 from . import figures
 from .png import upscale, write_png
 
-EXIT_BAD_INPUT = 2
 SLICES_PER_VOLUME = 4                                   # the paper: four equidistant slices per volume
 METRICS = ("dice", "iou", "precision", "recall", "auc")
 TABLE_COLUMNS = ("method", "n_slices", "dice_mean", "dice_std", "iou_mean", "iou_std", "precision_mean",
@@ -516,10 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of sss-eval; returns the exit status (0 done, 2 bad input: nothing is written then)."""
     args = build_parser().parse_args(argv)
 
-    def fail(message) -> int:
-        print(f"sss-eval: {' '.join(str(message).split())}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-
+    fail = functools.partial(bad_input, "sss-eval")
     if args.max_cases is not None and args.max_cases < 1:
         return fail(f"--max-cases must be at least 1, not {args.max_cases}")
     if args.out.exists() and not args.out.is_dir():

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import bad_input
 from ..core.anomaly import (DEFAULT_BATCH, DEFAULT_TIMESTEP, Detector, describe_machine, detect_volume,
                             native_bf16, resolve_device)
 from ..core.config import PRESETS, NoiseConfig
@@ -266,8 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         device = resolve_device(args.device)
     except ValueError as e:
-        print(f"sss-bench: {e}", file=sys.stderr)
-        return 2
+        return bad_input("sss-bench", e)
     cuda = device.type == "cuda"
     res: dict = {"device": str(device), "machine": describe_machine(device), "torch": torch.__version__,
                  "date": time.strftime("%Y-%m-%d")}

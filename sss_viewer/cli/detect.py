@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -17,13 +18,13 @@ import torch
 from tqdm import tqdm
 
 import sss_viewer
+from sss_viewer.cli import bad_input
 from sss_viewer.core.anomaly import (CONSENSUS_TIMESTEPS, DEFAULT_THRESHOLD, DEFAULT_TIMESTEP, PRECISION_HELP,
                                      PRECISIONS, Detector, PostProcess, detect_volume)
 from sss_viewer.core.checkpoint import LoadedCheckpoint, load_detector, preset_to_dict
 from sss_viewer.core.files import atomic_write_text
 from sss_viewer.core.volume import NIFTI_SUFFIXES, load_volume, prepare, write_nifti
 
-EXIT_BAD_INPUT = 2
 
 
 class InputError(ValueError):
@@ -197,10 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of sss-detect; returns the exit status (0 all done, 2 any input or setup failed)."""
     args = build_parser().parse_args(argv)
 
-    def fail(message) -> int:
-        print(f"sss-detect: {' '.join(str(message).split())}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-
+    fail = functools.partial(bad_input, "sss-detect")
     if args.batch_size is not None and args.batch_size < 1:
         return fail(f"--batch-size must be at least 1, not {args.batch_size}")
     timesteps = args.consensus or (args.timestep,)
