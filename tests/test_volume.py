@@ -530,3 +530,4 @@ def test_percentiles_equal_numpy(n):
         q = (0.0, 1.0, 37.5, 50.0, 99.0, 100.0)
         expect = tuple(float(v) for v in np.percentile(values, q))
         assert tuple(volmod.percentile(values.copy(), p) for p in q) == expect
+        assert tuple(volmod.percentile(torch.from_numpy(values), p) for p in q) == expect     # on a device

@@ -223,14 +223,16 @@ def load_mask(path: str | os.PathLike, like: Volume) -> np.ndarray:
     return mask.data > 0  # (X, Y, Z)
 
 
-def background_level(data: np.ndarray) -> float:
+def background_level(data: np.ndarray | torch.Tensor) -> float:
     """Intensity of the flat background: the minimum if it covers ≥ BACKGROUND_MIN_FRACTION of voxels, else 0.
 
     Skull-stripped scans have a zero background; some (e.g. z-scored BraTS 2013) have a constant
-    negative one. Brain voxels are those above ``background_level + cfg.brain_threshold``.
+    negative one. Brain voxels are those above ``background_level + cfg.brain_threshold``. An array on the
+    host or a tensor on its device.
     """
     low = float(data.min())
-    return low if np.count_nonzero(data == low) >= BACKGROUND_MIN_FRACTION * data.size else 0.0
+    covered = int((data == low).sum()) if isinstance(data, torch.Tensor) else np.count_nonzero(data == low)
+    return low if covered >= BACKGROUND_MIN_FRACTION * math.prod(data.shape) else 0.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -445,9 +447,10 @@ def stretch_contrast(data: np.ndarray | torch.Tensor, brain: np.ndarray | torch.
     return out
 
 
-def percentile(values: np.ndarray, q: float) -> float:
+def percentile(values: np.ndarray | torch.Tensor, q: float) -> float:
     """np.percentile(values, [q])[0] (linear method, interpolated in float64) bit for bit, from the two order
-    statistics it needs; `values` (1-D, non-empty, no NaN) is a scratch array: it is reordered.
+    statistics it needs; `values` (1-D, non-empty, no NaN) is a scratch array: it is reordered. A tensor
+    (on its device, e.g. a GPU) is left as it is: its order statistics come from kthvalue.
 
     Percentile q lies at position i = (n - 1) · q / 100 of the sorted values v; with a = v[⌊i⌋],
     b = v[⌊i⌋ + 1] and t = frac(i) it is a + (b - a) t, or b - (b - a)(1 - t) when t ≥ 0.5 (numpy's lerp,
@@ -455,10 +458,13 @@ def percentile(values: np.ndarray, q: float) -> float:
     Selection runs from the nearer end (negated for the top half): numpy's partition is fast for a kth
     near the start even among many ties, but can be many times slower for one near the end.
     """
-    n = values.size
+    n = math.prod(values.shape)
     position = (n - 1) * (q / 100)                                   # numpy's virtual index
     k = min(int(position), n - 1)
-    if 2 * k < n:
+    if isinstance(values, torch.Tensor):
+        a = values.kthvalue(k + 1).values                            # the k-th smallest (kthvalue counts from 1)
+        b = values.kthvalue(k + 2).values if k + 1 < n else a
+    elif 2 * k < n:
         values.partition(k)                                          # values[k]: the k-th smallest, larger after it
         a, b = values[k], values[k + 1:].min() if k + 1 < n else values[k]
     else:
@@ -483,8 +489,8 @@ def prepare(volume: Volume | np.ndarray, cfg: PreprocessConfig = PreprocessConfi
        (bilinear; when shrinking, each model pixel averages k × k bilinear samples, see ``_to_model``).
 
     `volume` is a loaded Volume (main path) or a canonical (X, Y, Z) array with its `spacing` in mm
-    (default 1 mm isotropic). The brain mask, percentiles and box are found on the host; the contrast
-    stretch and the resampling run there too, or on a torch `device` (e.g. the detector's GPU).
+    (default 1 mm isotropic). Everything runs on the host, or with a torch `device` (e.g. the detector's
+    GPU) there: the results are the same to float32 rounding.
     """
     if isinstance(volume, Volume):
         if spacing is not None:
@@ -501,6 +507,8 @@ def prepare(volume: Volume | np.ndarray, cfg: PreprocessConfig = PreprocessConfi
         if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
             raise VolumeError(f"spacing {spacing} must be three positive millimetre sizes (x, y, z)")
     sx, sy, sz = spacing
+    if device is not None:
+        data = _tensor(data, device)                                # (X, Y, Z) on the device from here on
     background = background_level(data)
     brain = data > background + cfg.brain_threshold  # (X, Y, Z)
     if not brain.any():
@@ -508,16 +516,15 @@ def prepare(volume: Volume | np.ndarray, cfg: PreprocessConfig = PreprocessConfi
                           "is it an empty mask, or is brain_threshold too high?")
     values = data[brain]                                            # (N,) a copy, reordered by percentile
     low, high = percentile(values, cfg.percentile_low), percentile(values, cfg.percentile_high)
-    src, inside = (data, brain) if device is None else (_tensor(data, device), _tensor(brain, device))
-    stretched = stretch_contrast(src, inside, low, high)  # (X, Y, Z) in [-1, 1], on the host or the device
+    stretched = stretch_contrast(data, brain, low, high)  # (X, Y, Z) in [-1, 1]
 
-    xs = np.flatnonzero(brain.any(axis=(1, 2)))
-    ys = np.flatnonzero(brain.any(axis=(0, 2)))
+    xs = np.flatnonzero(_host(brain.any(axis=(1, 2))))
+    ys = np.flatnonzero(_host(brain.any(axis=(0, 2))))
     x0, x1, y0, y1 = int(xs[0]), int(xs[-1]), int(ys[0]), int(ys[-1])
     side_mm = max((x1 - x0 + 1) * sx, (y1 - y0 + 1) * sy) * (1 + 2 * cfg.margin)
     pixel_mm = side_mm / cfg.image_size
 
-    areas = brain.sum(axis=(0, 1))  # (Z,) brain voxels per axial slice
+    areas = _host(brain.sum(axis=(0, 1)))  # (Z,) brain voxels per axial slice
     keep = np.flatnonzero(areas >= cfg.min_brain_fraction * areas.max())
     geometry = ModelVolume(
         data=np.empty(0), brain_mask=np.empty(0), slice_range=(int(keep[0]), int(keep[-1])), cfg=cfg,
@@ -526,7 +533,7 @@ def prepare(volume: Volume | np.ndarray, cfg: PreprocessConfig = PreprocessConfi
         intensity_range=(low, high), background=background)
     return replace(geometry,
                    data=geometry._to_model(stretched, "bilinear", -1.0),  # (Z, S, S) float32
-                   brain_mask=geometry._to_model(inside, "bilinear", 0.0) > 0.5)  # (Z, S, S)
+                   brain_mask=geometry._to_model(brain, "bilinear", 0.0) > 0.5)  # (Z, S, S)
 
 
 def write_nifti(array: np.ndarray, like: Volume, path: str | os.PathLike, kind: str = "mask",
