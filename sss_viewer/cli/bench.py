@@ -119,7 +119,7 @@ def bench_matmul(device: torch.device, dtype: torch.dtype | None = None) -> dict
 
 
 def bench_sss_vs_iterative(preset_name: str, device: torch.device, lambdas: tuple[int, ...],
-                           pairs: int = 9) -> dict:
+                           pairs: int = 9, precision: str = "auto") -> dict:
     """One slice, one model: single-step vs the iterative chain at each lambda, and one bare UNet call.
 
     The single step is timed once with nothing kept (the first slice at a new lambda), then in `pairs`
@@ -128,7 +128,7 @@ def bench_sss_vs_iterative(preset_name: str, device: torch.device, lambdas: tupl
     """
     preset = PRESETS[preset_name]
     torch.manual_seed(0)
-    det = Detector(UNet(preset.model), preset, device=device, batch_size=1)
+    det = Detector(UNet(preset.model), preset, device=device, batch_size=1, precision=precision)
     s = preset.model.image_size
     slice_ = np.tanh(np.random.default_rng(0).standard_normal((1, s, s))).astype(np.float32)
     x = torch.from_numpy(slice_).to(device)[:, None]
@@ -200,7 +200,8 @@ def bench_throughput(preset_name: str, device: torch.device, batch_sizes: list[i
     return {"preset": preset_name, "flops_per_slice": flops, "rows": rows, "best": best}
 
 
-def bench_volume(preset_name: str, device: torch.device, n_slices: int, batch: int, compile: bool = False) -> dict:
+def bench_volume(preset_name: str, device: torch.device, n_slices: int, batch: int, compile: bool = False,
+                 precision: str = "auto") -> dict:
     """End to end on a synthetic brain volume: preprocessing, detection (noise + model), mapping back; the
     volume stages on the detector's volume_device (a GPU's, else the host), the UNet compiled or not."""
     preset = PRESETS[preset_name]
@@ -211,7 +212,7 @@ def bench_volume(preset_name: str, device: torch.device, n_slices: int, batch: i
     data = np.where(inside, 100 + 20 * rng.standard_normal(inside.shape), 0).astype(np.float32)
     data = np.ascontiguousarray(data.transpose(2, 1, 0))                      # (X, Y, Z)
     torch.manual_seed(0)
-    det = Detector(UNet(preset.model), preset, device=device, batch_size=batch, compile=compile)
+    det = Detector(UNet(preset.model), preset, device=device, batch_size=batch, compile=compile, precision=precision)
     where = det.volume_device
 
     def run() -> dict:
@@ -297,13 +298,17 @@ def main(argv: list[str] | None = None) -> int:
             throughput_part(res, name, device, args.quick, peaks)
             save()
     if "volume" in args.parts:
-        # CUDA: both presets, the UNet as it is and (unless --no-compile) compiled; a CPU: small, as it is.
-        runs = [(name, c) for c in ((False, True) if args.compile else (False,)) for name in ("small", "paper")]
-        for name, compiled in runs if cuda else [("small", False)]:
+        # CUDA: both presets, the UNet as it is and (unless --no-compile) compiled; a CPU: small, in its
+        # default precision and, where that is bf16, in fp32 too.
+        compiles = (False, True) if args.compile else (False,)
+        runs = ([(name, c, "auto") for c in compiles for name in ("small", "paper")] if cuda
+                else [("small", False, "auto")] + ([("small", False, "fp32")] if native_bf16(device) else []))
+        for name, compiled, precision in runs:
             vol = bench_volume(name, device, n_slices=150 if (cuda or not args.quick) else 40,
-                               batch=150 if cuda else DEFAULT_BATCH["cpu"], compile=compiled)
-            res.update({f"{k}_{name}{'_compiled' if compiled else ''}": v for k, v in vol.items()})
-            if not compiled:     # the last plain run (paper on CUDA, small on a CPU) under the plain keys too
+                               batch=150 if cuda else DEFAULT_BATCH["cpu"], compile=compiled, precision=precision)
+            suffix = ("_compiled" if compiled else "") + ("_fp32" if precision == "fp32" else "")
+            res.update({f"{k}_{name}{suffix}": v for k, v in vol.items()})
+            if not suffix:       # the last plain run (paper on CUDA, small on a CPU) under the plain keys too
                 res.update(vol)
             print_table(f"Whole volume end to end, {vol['volume_slices']} slices, {name} preset, batch "
                         f"{vol['volume_batch']}, {vol['volume_precision']}{', compiled UNet' if compiled else ''}",
@@ -336,12 +341,17 @@ def noise_part(res: dict, device: torch.device, quick: bool) -> None:
 
 
 def sss_part(res: dict, device: torch.device) -> None:
-    res.update(bench_sss_vs_iterative("paper" if device.type == "cuda" else "small", device, (250, 300)))
-    print_table(f"Single-step vs iterative, one slice, {res['sss_preset']} preset, {res['sss_precision']}", [
-        ("one UNet call (s)", f"{res['unet_call_s']:.4f}")] + [
-        (f"lambda={lam}: SSS / iterative (s)", f"{res[f'sss_s_{lam}']:.4f} / {res[f'iterative_s_{lam}']:.2f}  "
-         f"ratio {res[f'sss_speedup_{lam}']:.0f}x, overhead {100 * res[f'sss_overhead_{lam}']:.1f}% "
-         f"(first slice at this lambda {res[f'sss_first_s_{lam}']:.4f} s)") for lam in (250, 300)])
+    """The detector's default precision; on a CPU where that is bf16, fp32 too (keys ending in _fp32)."""
+    cpu_bf16 = device.type == "cpu" and native_bf16(device)
+    for precision, suffix in [("auto", "")] + ([("fp32", "_fp32")] if cpu_bf16 else []):
+        r = bench_sss_vs_iterative("paper" if device.type == "cuda" else "small", device, (250, 300),
+                                   precision=precision)
+        res.update({k + suffix: v for k, v in r.items()})
+        print_table(f"Single-step vs iterative, one slice, {r['sss_preset']} preset, {r['sss_precision']}", [
+            ("one UNet call (s)", f"{r['unet_call_s']:.4f}")] + [
+            (f"lambda={lam}: SSS / iterative (s)", f"{r[f'sss_s_{lam}']:.4f} / {r[f'iterative_s_{lam}']:.2f}  "
+             f"ratio {r[f'sss_speedup_{lam}']:.0f}x, overhead {100 * r[f'sss_overhead_{lam}']:.1f}% "
+             f"(first slice at this lambda {r[f'sss_first_s_{lam}']:.4f} s)") for lam in (250, 300)])
 
 
 def throughput_part(res: dict, name: str, device: torch.device, quick: bool, peaks: dict[str, float]) -> None:

@@ -164,7 +164,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 def native_bf16(device: torch.device) -> bool:
     """Whether bf16 matrix arithmetic is native on device: a CUDA GPU, or a CPU with AMX or AVX-512 BF16
-    instructions (there oneDNN's bf16 convolutions, with channels_last, ran the UNets 2-4.7x faster than
+    instructions (there oneDNN's bf16 convolutions, with channels_last, ran the UNets 1.6-5.3x faster than
     fp32, BENCHMARKS.md; elsewhere bf16 is emulated and slower)."""
     if device.type == "cuda":
         return True
