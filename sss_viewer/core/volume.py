@@ -387,10 +387,9 @@ def _apply(operator: sparse.csr_matrix, src: np.ndarray | torch.Tensor, nearest:
         out[~inside] = fill
         return out
     if on_device:
-        csr = torch.sparse_csr_tensor(*(torch.from_numpy(v.astype(np.int64)) for v in (operator.indptr,
-                                                                                       operator.indices)),
-                                      torch.from_numpy(operator.data), size=operator.shape, device=src.device,
-                                      check_invariants=False)  # built valid by scipy
+        parts = (torch.from_numpy(v).to(src.device) for v in (operator.indptr.astype(np.int64),
+                                                               operator.indices.astype(np.int64), operator.data))
+        csr = torch.sparse_csr_tensor(*parts, size=operator.shape, check_invariants=False)  # valid: built by scipy
         out = csr @ src.float().sub(fill)
     else:
         out = operator @ (np.subtract(src, fill, dtype=np.float32) if fill or src.dtype != np.float32 else src)
