@@ -25,6 +25,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from sss_viewer.cli.bench import synthetic_volume  # noqa: E402
 from sss_viewer.core import simplex, volume  # noqa: E402
 from sss_viewer.core.config import PRESETS, NoiseConfig  # noqa: E402
 
@@ -117,18 +118,9 @@ def count_noise_ops(module, b: int, s: int) -> int:
     return ops.count
 
 
-def synthetic_volume(n_slices: int = 150, s: int = 256) -> np.ndarray:
-    """The canonical (X, Y, Z) ellipsoid brain of sss-bench's volume part."""
-    rng = np.random.default_rng(0)
-    zz, yy, xx = np.mgrid[-1:1:complex(0, n_slices), -1:1:complex(0, s), -1:1:complex(0, s)]
-    inside = (xx ** 2 + yy ** 2 + 0.3 * zz ** 2) < 0.8
-    data = np.where(inside, 100 + 20 * rng.standard_normal(inside.shape), 0).astype(np.float32)
-    return np.ascontiguousarray(data.transpose(2, 1, 0))
-
-
 def compare_volume(before, device: str | None) -> None:
     """The volume stages; `device` (the current code's torch device for prepare and to_canonical) or the host."""
-    data = synthetic_volume()
+    data = synthetic_volume(150, 256)
     on = {"before": {}, "after": {} if device is None else {"device": device}}
     for preset in ("paper", "small"):
         cfg = PRESETS[preset].preprocess

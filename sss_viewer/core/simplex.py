@@ -337,8 +337,8 @@ def _geometry(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> list[tuple]:
 
 
 def _noise3_chunk(regions: list[tuple], n: int, table: torch.Tensor, hash2: torch.Tensor,
-                  grads: tuple[torch.Tensor, ...], group: int, out: torch.Tensor, weight: float) -> None:
-    """out (T, n) += weight x OpenSimplex 3D noise at n points given by their _geometry, with the tables
+                  grads: tuple[torch.Tensor, ...], group: int, out: torch.Tensor) -> None:
+    """out (T, n) += OpenSimplex 3D noise at n points given by their _geometry, with the tables
     `table`: (T, 1), every table at every point (taken `group` tables at a time), or (1, n), one table a point.
 
     noise = sum over the lattice points v the package selects of max(0, 2 - |d_v|^2)^4 <g_v, d_v> / 103,
@@ -350,7 +350,7 @@ def _noise3_chunk(regions: list[tuple], n: int, table: torch.Tensor, hash2: torc
         for points, terms, hash_at, grad_at in regions:
             t = table[rows:rows + group] if table.shape[1] == 1 else table.index_select(1, points)   # (G,1), (1,m)
             value.index_copy_(1, points, _sum_terms(terms, hash_at + t * _HASH2, grad_at + t * _GRADS, hash2, grads))
-        out[rows:rows + group].add_(value.div_(_NORM), alpha=weight)
+        out[rows:rows + group].add_(value.div_(_NORM))
 
 
 def _pieces(n_points: int, tables: int, device: torch.device) -> tuple[list[slice], int]:
@@ -368,14 +368,14 @@ def _pieces(n_points: int, tables: int, device: torch.device) -> tuple[list[slic
 
 
 def _accumulate(out: torch.Tensor, coords: Callable[[slice], tuple[torch.Tensor, ...]], hash2: torch.Tensor,
-                grads: torch.Tensor, weight: float = 1.0) -> None:
-    """out (T, N) float64 += weight x noise at N points, a piece at a time: coords(part) gives the piece's
+                grads: torch.Tensor) -> None:
+    """out (T, N) float64 += noise at N points, a piece at a time: coords(part) gives the piece's
     float64 x, y, z (n,) and its tables, (T, 1) or (1, n) (see _noise3_chunk)."""
     grads = tuple(grads)                                                             # gx, gy, gz
     pieces, group = _pieces(out.shape[1], out.shape[0], out.device)
     for part in pieces:
         *xyz, table = coords(part)
-        _noise3_chunk(_geometry(*xyz), part.stop - part.start, table, hash2, grads, group, out[:, part], weight)
+        _noise3_chunk(_geometry(*xyz), part.stop - part.start, table, hash2, grads, group, out[:, part])
 
 
 def _arange(part: slice, device: torch.device) -> torch.Tensor:
