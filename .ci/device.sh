@@ -7,9 +7,10 @@
 #                                                        healthy T1s), then every sss-bench part
 #   bash .ci/device.sh finetune DATA OUT TRAIN_S INIT    two template runs from INIT's weights (paper-strength
 #                                                        and unit-std noise), then the noise, sss and volume parts
-#   bash .ci/device.sh bench - OUT [REV]                 no training: the CUDA tests, the noise, sss and volume
-#                                                        parts (the UNet as it is and compiled), and the volume
-#                                                        stages on the GPU beside REV's on the host (.ci/side_by_side.py)
+#   bash .ci/device.sh bench - OUT [REV]                 no training: the volume part (the UNet as it is and
+#                                                        compiled), the noise and sss parts, the CUDA tests, the
+#                                                        volume stages on the GPU beside REV's on the host
+#                                                        (.ci/side_by_side.py) and the compile part
 # DATA holds the healthy T1s named in resources/README.md (<name>/t1.nii.gz); OUT receives logs, the trained
 # model.pt files and bench.json. Runs live in /tmp (full checkpoints are large). A dry run on a CPU:
 #   DEV=cpu BENCH=--quick bash .ci/device.sh full DATA OUT 20
@@ -34,14 +35,22 @@ trainer.cli, trainer.demo" || exit 3
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
 python3 -c "import torch, platform; print(platform.python_version(), torch.__version__, torch.cuda.get_device_name())"
 
-if [ "$MODE" = bench ]; then
+if [ "$MODE" = bench ]; then   # the target first; each stage capped so that one cannot eat the lease
     REV=${4:-9caabd9}
+    stage "sss-bench volume ($DEV): both presets, the UNet as it is and compiled"
+    timeout 240 python3 -m sss_viewer.cli.bench --device "$DEV" --parts volume --json "$OUT/bench-volume.json" $BENCH
+    stage "sss-bench noise, sss ($DEV)"
+    timeout 120 python3 -m sss_viewer.cli.bench --device "$DEV" --parts noise,sss --json "$OUT/bench.json" $BENCH
     stage "CUDA tests"
-    python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tail -25
-    stage "sss-bench noise, sss, volume ($DEV)"
-    python3 -m sss_viewer.cli.bench --device "$DEV" --parts noise,sss,volume --json "$OUT/bench.json" $BENCH
-    stage "volume stages: $REV on the host, the current code on $DEV"
-    python3 .ci/side_by_side.py "$REV" volume --device "$DEV" | tee "$OUT/side-by-side-volume.txt"
+    timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tail -25
+    if git cat-file -e "$REV^{commit}" 2>/dev/null; then
+        stage "volume stages: $REV on the host, the current code on $DEV"
+        timeout 60 python3 .ci/side_by_side.py "$REV" volume --device "$DEV" | tee "$OUT/side-by-side-volume.txt"
+    else
+        stage "no git history here: the side-by-side volume stages left out"
+    fi
+    stage "sss-bench compile ($DEV): compiled UNet throughput against the matmul peak"
+    timeout 150 python3 -m sss_viewer.cli.bench --device "$DEV" --parts compile --json "$OUT/bench-compile.json" $BENCH
     exit 0
 fi
 

@@ -1,7 +1,8 @@
 """Before/after on this machine: a module as of a git revision beside the working tree's, timed alternately.
 
     python .ci/side_by_side.py REV noise     octave noise fields, warm (the grid seen before) and cold
-    python .ci/side_by_side.py REV volume    prepare, to_canonical and mask_to_model on a 150-slice volume
+    python .ci/side_by_side.py REV volume    prepare, to_canonical, mask_to_model, masks and scores on a
+                                             150-slice volume
     python .ci/side_by_side.py REV volume --device cuda      the same, the current code on the GPU
 
 Each case runs both versions in turn in one process (best of the repeats), so both see the same load, and
@@ -26,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sss_viewer.cli.bench import synthetic_volume  # noqa: E402
-from sss_viewer.core import simplex, volume  # noqa: E402
+from sss_viewer.core import anomaly, simplex, volume  # noqa: E402
 from sss_viewer.core.config import PRESETS, NoiseConfig  # noqa: E402
 
 
@@ -118,8 +119,18 @@ def count_noise_ops(module, b: int, s: int) -> int:
     return ops.count
 
 
-def compare_volume(before, device: str | None) -> None:
-    """The volume stages; `device` (the current code's torch device for prepare and to_canonical) or the host."""
+def heat_maps(mv) -> tuple[np.ndarray, np.ndarray]:
+    """A smooth, blobby (Z, S, S) squared-error map over mv's brain (2.3 % of it above the default threshold) and
+    the brain mask: the input of the masks and scores."""
+    from scipy import ndimage
+    field = ndimage.uniform_filter(np.random.default_rng(0).standard_normal(mv.data.shape, np.float32), (1, 9, 9))
+    error = np.square(field / field.std()) * 0.06 * mv.brain_mask                 # (Z, S, S)
+    return error.astype(np.float32), mv.brain_mask
+
+
+def compare_volume(before, before_anomaly, device: str | None) -> None:
+    """The volume stages; `device` (the current code's torch device for prepare, to_canonical and the masks and
+    scores, which then start from the error map already there) or the host."""
     data = synthetic_volume(150, 256)
     on = {"before": {}, "after": {} if device is None else {"device": device}}
     for preset in ("paper", "small"):
@@ -136,6 +147,21 @@ def compare_volume(before, device: str | None) -> None:
                     t, out[label] = best(lambda: case(module, models[label], on[label]), 3)
                     times[label] = min(times.get(label, t), t)
             report(f"{name}, {preset} ({cfg.image_size}²), 150 slices", times, out["before"], out["after"])
+        error, brain = heat_maps(models["before"])
+        inputs = {"before": (error, brain), "after": (error, brain) if device is None else
+                  (torch.from_numpy(error).to(device), torch.from_numpy(brain).to(device))}
+
+        def masks_and_scores(module, error, brain):                        # both, as one array on the host
+            mask = module.make_mask(error)
+            mask = mask.cpu().numpy() if isinstance(mask, torch.Tensor) else mask
+            return np.concatenate([mask.ravel(), module.slice_scores(error, brain)])
+
+        times, out = {}, {}
+        for _ in range(2):
+            for label, module in (("before", before_anomaly), ("after", anomaly)):
+                t, out[label] = best(lambda: masks_and_scores(module, *inputs[label]), 3)
+                times[label] = min(times.get(label, t), t)
+        report(f"masks and scores, {preset} ({cfg.image_size}²), 150 slices", times, out["before"], out["after"])
 
 
 def main() -> int:
@@ -147,7 +173,7 @@ def main() -> int:
     if args.what == "noise":
         compare_noise(module_at(args.rev, simplex))
     else:
-        compare_volume(module_at(args.rev, volume), args.device)
+        compare_volume(module_at(args.rev, volume), module_at(args.rev, anomaly), args.device)
     return 0
 
 

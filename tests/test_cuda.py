@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sss_viewer.cli import detect
-from sss_viewer.core.anomaly import Detector, detect_volume
+from sss_viewer.core.anomaly import Detector, PostProcess, detect_volume, make_mask, slice_scores
 from sss_viewer.core.checkpoint import load_checkpoint, read_checkpoint
 from sss_viewer.core.config import PRESETS, NoiseConfig
 from sss_viewer.core.diffusion import Diffusion
@@ -84,6 +84,37 @@ def test_volume_stages_on_the_gpu_equal_the_host():
                                rtol=0, atol=1e-6)
     np.testing.assert_array_equal(host.to_canonical(heat > 0.5, "nearest", device=CUDA),
                                   host.to_canonical(heat > 0.5, "nearest"))
+
+
+def test_post_processing_and_scores_on_the_gpu_equal_the_host():
+    rng = np.random.default_rng(5)
+    error = (rng.random((20, 64, 64), np.float32) ** 6).cumsum(axis=2) / 8              # streaky blobs
+    brain = rng.random(error.shape) < 0.9
+    for pp in (PostProcess(), PostProcess(keep_largest=2, min_area=3), PostProcess(dilate=False, keep_largest=-1),
+               PostProcess(keep_largest=0, min_area=5)):
+        for threshold in (0.3, 1.0):
+            np.testing.assert_array_equal(make_mask(torch.from_numpy(error).to(CUDA), threshold, pp).cpu().numpy(),
+                                          make_mask(error, threshold, pp))
+    np.testing.assert_array_equal(slice_scores(torch.from_numpy(error).to(CUDA), torch.from_numpy(brain).to(CUDA)),
+                                  slice_scores(error, brain))
+
+
+def test_whole_volume_on_the_gpu_keeps_the_host_semantics():
+    """detect_volume with a GPU detector stays on the GPU to the end: its mask and scores are what the host
+    makes of its own error map."""
+    preset = PRESETS["tiny"]
+    torch.manual_seed(0)
+    model = UNet(preset.model)
+    torch.nn.init.normal_(model.out[-1].weight, std=0.1)
+    rng = np.random.default_rng(6)
+    image = np.where(rng.random((40, 44, 12)) < 0.9, 60 + 40 * rng.random((40, 44, 12)), 0).astype(np.float32)
+    mv = prepare(image, preset.preprocess, device=CUDA)
+    assert mv.on_device(CUDA)[0] is mv.resident[0]                          # prepare's tensors, not copies
+    result = detect_volume(Detector(model, preset, device="cuda", batch_size=5), mv, threshold=2.0)
+    first, last = mv.slice_range
+    assert result.mask.any()
+    np.testing.assert_array_equal(result.mask, make_mask(result.error, 2.0))
+    np.testing.assert_array_equal(result.scores, slice_scores(result.error, mv.brain_mask[first:last + 1]))
 
 
 def test_iterative_chain_runs_on_the_gpu():

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from sss_viewer.core.anomaly import (Detector, PostProcess, consensus_mask, make_mask, native_bf16, postprocess,
-                                     slice_scores, slice_seeds)
+from sss_viewer.core.anomaly import (Detector, PostProcess, consensus_mask, detect_volume, make_mask, native_bf16,
+                                     postprocess, slice_scores, slice_seeds)
 from sss_viewer.core.config import PRESETS, DiffusionConfig, NoiseConfig
 from sss_viewer.core.diffusion import Diffusion
 from sss_viewer.core.unet import AttentionBlock, UNet, count_parameters
+from sss_viewer.core.volume import prepare
 
 ABAR = np.cumprod(1.0 - np.linspace(1e-4, 0.02, 1000))       # independent float64 reference
 
@@ -189,6 +190,35 @@ def test_detector_progress_and_cancel(tiny_preset):
         det.reconstruct(smooth_image(b=2)[:, 0].numpy(), 20, iterative=True, progress=lambda d, t: d < 10)
 
 
+@pytest.mark.parametrize("timesteps", [(300,), (250, 300, 350)])
+def test_detect_volume_kept_on_the_device_equals_the_host(tiny_preset, monkeypatch, timesteps):
+    """A GPU detector's whole-volume path (tensors on its device until the results), run on the CPU."""
+    model, _ = model_and_slices(tiny_preset)
+    rng = np.random.default_rng(4)
+    image = np.where(rng.random((40, 44, 9)) < 0.9, 60 + 40 * rng.random((40, 44, 9)), 0).astype(np.float32)
+    mv = prepare(image, tiny_preset.preprocess)
+    det = Detector(model, tiny_preset, device="cpu", batch_size=3, precision="fp32")
+    assert det.volume_device is None
+    runs = {}
+    for where in ("host", "device"):
+        if where == "device":
+            monkeypatch.setattr(Detector, "volume_device", property(lambda self: self.device))
+            monkeypatch.setattr(Detector, "reconstruct", "not the device path")           # (not callable)
+        seen = []
+        runs[where] = detect_volume(det, mv, timesteps, threshold=2.0, progress=lambda d, t: seen.append((d, t)))
+        runs[where + " progress"] = seen
+    host, device = runs["host"], runs["device"]
+    assert runs["host progress"] == runs["device progress"] and runs["host progress"][-1] == (9 * len(timesteps),) * 2
+    np.testing.assert_array_equal(device.recon, host.recon)
+    np.testing.assert_allclose(device.error, host.error, rtol=1e-6, atol=0)        # a mean: summed in another order
+    assert 0 < host.mask.mean() < 0.5
+    np.testing.assert_array_equal(device.mask, host.mask)
+    np.testing.assert_array_equal(device.scores, host.scores)
+    on_device = prepare(image, tiny_preset.preprocess, device="cpu")
+    assert on_device.on_device("cpu")[0] is on_device.resident[0]           # prepare's tensors, not copies
+    np.testing.assert_array_equal(on_device.resident[1].numpy(), on_device.brain_mask)
+
+
 def test_slice_seeds_differ_per_slice_and_timestep():
     a = slice_seeds(0, [0, 1, 2], 300)
     assert len(set(a.tolist())) == 3
@@ -238,6 +268,18 @@ def test_gaussian_noise_follows_per_slice_seeds(tiny_preset):
     np.testing.assert_allclose(part.recon, whole.recon[2:], atol=1e-5)
 
 
+def on(where, *arrays):
+    """The arrays as they are (the host path), or as CPU tensors: the code path a GPU detector runs."""
+    return arrays if where == "host" else tuple(None if a is None else torch.from_numpy(np.array(a)) for a in arrays)
+
+
+def back(a):
+    return a.numpy() if isinstance(a, torch.Tensor) else a
+
+
+HOST_AND_TENSOR = pytest.mark.parametrize("where", ["host", "tensor"])
+
+
 def _postprocess_per_slice(mask, pp):
     """Reference: the former slice-by-slice postprocess (3x3 dilation, 4-connected labels, stable argsort by area)."""
     from scipy import ndimage
@@ -265,33 +307,36 @@ PP_CASES = [PostProcess(), PostProcess(keep_largest=2), PostProcess(keep_largest
             PostProcess(keep_largest=-1), PostProcess(enabled=False)]
 
 
+@HOST_AND_TENSOR
 @pytest.mark.parametrize("pp", PP_CASES, ids=repr)
-def test_postprocess_stack_equals_per_slice_reference(pp):
+def test_postprocess_stack_equals_per_slice_reference(pp, where):
     rng = np.random.default_rng(7)
     for shape, density in [((6, 17, 23), 0.08), ((5, 32, 32), 0.02), ((3, 9, 9), 0.4), ((4, 1, 12), 0.3)]:
         m = rng.random(shape) < density
         m[-2, -1, :] = m[-1, 0, :] = True                                  # last row of a slice, first of the next
         m[1] = False                                                       # a slice without regions
-        out = postprocess(m, pp)
+        out = back(postprocess(*on(where, m), pp))
         assert out.dtype == bool and out.shape == m.shape
         np.testing.assert_array_equal(out, _postprocess_per_slice(m, pp))
         for s in m:                                                        # the 2-D path
-            np.testing.assert_array_equal(postprocess(s, pp), _postprocess_per_slice(s, pp))
+            np.testing.assert_array_equal(back(postprocess(*on(where, s), pp)), _postprocess_per_slice(s, pp))
     empty = np.zeros((3, 8, 8), bool)
-    np.testing.assert_array_equal(postprocess(empty, pp), empty)
+    np.testing.assert_array_equal(back(postprocess(*on(where, empty), pp)), empty)
 
 
+@HOST_AND_TENSOR
 @pytest.mark.parametrize("pp", PP_CASES[:3] + PP_CASES[4:5], ids=repr)
-def test_postprocess_area_ties_keep_the_earlier_region(pp):
+def test_postprocess_area_ties_keep_the_earlier_region(pp, where):
     m = np.zeros((3, 12, 12), bool)
     m[0, 1, 8:10] = m[0, 4, 1:3] = m[0, 9, 5:7] = True                    # three 2-px regions, raster order: 1, 2, 3
     m[1, 2:4, 2] = m[1, 8, 8:10] = True                                    # a tie across rows
     m[1, 5:8, 5] = True                                                    # and one larger region
     m[2] = m[0].T                                                          # ties in other raster order
-    np.testing.assert_array_equal(postprocess(m, pp), _postprocess_per_slice(m, pp))
+    np.testing.assert_array_equal(back(postprocess(*on(where, m), pp)), _postprocess_per_slice(m, pp))
 
 
-def test_postprocess_keeps_slices_and_row_ends_apart():
+@HOST_AND_TENSOR
+def test_postprocess_keeps_slices_and_row_ends_apart(where):
     from scipy import ndimage
     m = np.zeros((2, 5, 5), bool)
     m[0, 4, :2] = m[1, 0, :2] = True                                       # 2 px at the end of 0 and the start of 1
@@ -299,13 +344,44 @@ def test_postprocess_keeps_slices_and_row_ends_apart():
     m[1, 3, 1:4] = True                                                    # slice 1's largest
     expect = np.zeros_like(m)
     expect[0, 4, :2] = expect[1, 3, 1:4] = True
-    np.testing.assert_array_equal(postprocess(m, PostProcess(dilate=False, min_area=2)), expect)
+    np.testing.assert_array_equal(back(postprocess(*on(where, m), PostProcess(dilate=False, min_area=2))), expect)
     grown = [ndimage.binary_dilation(s, np.ones((3, 3), bool)) for s in m]    # no wrap across rows or slices
-    np.testing.assert_array_equal(postprocess(m, PostProcess(keep_largest=0)), grown)
+    np.testing.assert_array_equal(back(postprocess(*on(where, m), PostProcess(keep_largest=0))), grown)
 
 
-def test_slice_scores_equal_numpy_percentile_per_slice():
+def long_regions(n: int) -> np.ndarray:
+    """(2, n, n) bool: a serpentine path through every other row, and a spiral, one region each."""
+    serpentine = np.zeros((n, n), bool)
+    serpentine[::2] = True
+    for r in range(1, n, 2):
+        serpentine[r, n - 1 if r % 4 == 1 else 0] = True
+    spiral = np.zeros((n, n), bool)
+    lo, hi = 0, n - 1
+    while lo <= hi:
+        spiral[lo, lo:hi + 1] = spiral[lo:hi + 1, hi] = spiral[hi, lo:hi + 1] = True   # top, right, bottom
+        spiral[lo + 2:hi + 1, lo] = True                                   # left, stopping short of the top
+        if lo + 2 <= hi - 2:
+            spiral[lo + 2, lo + 1] = True                                  # into the next ring
+        lo, hi = lo + 2, hi - 2
+    return np.stack([serpentine, spiral])
+
+
+def test_tensor_regions_follow_long_winding_paths():
+    """The tensor path's region sweeps converge on paths that wind across the whole slice (one region each)."""
+    from scipy import ndimage
+    m = long_regions(63)
+    assert [ndimage.label(s)[1] for s in m] == [1, 1]
+    m[:, 30, 30] ^= True                                                   # cut both paths in two
+    assert [ndimage.label(s)[1] for s in m] == [2, 2]
+    pp = PostProcess(dilate=False)
+    for case in (m, np.ascontiguousarray(m[:, ::-1, ::-1])):              # the first pixel at either end
+        np.testing.assert_array_equal(back(postprocess(torch.from_numpy(case), pp)), _postprocess_per_slice(case, pp))
+
+
+@HOST_AND_TENSOR
+def test_slice_scores_equal_numpy_percentile_per_slice(where):
     rng = np.random.default_rng(3)
+    slice_scores_on = lambda error, brain=None: slice_scores(*on(where, error, brain))  # noqa: E731
     for shape in [(100, 16, 16), (4, 33, 21), (3, 1, 5)]:
         for error in [rng.random(shape, np.float32) ** 4,                     # continuous
                       rng.integers(0, 3, shape).astype(np.float32),           # mostly ties
@@ -315,19 +391,19 @@ def test_slice_scores_equal_numpy_percentile_per_slice():
             brain[1] = False
             brain[1, 0, 0] = True                                             # a single brain pixel
             expect = [np.percentile(e[b], [99])[0] if b.any() else 0.0 for e, b in zip(error, brain)]
-            got = slice_scores(error, brain)
+            got = slice_scores_on(error, brain)
             assert got.dtype == np.float32
             np.testing.assert_array_equal(got, np.array(expect, np.float32))
             whole = np.percentile(error.reshape(len(error), -1), [99], axis=1)[0].astype(np.float32)
-            np.testing.assert_array_equal(slice_scores(error), whole)
+            np.testing.assert_array_equal(slice_scores_on(error), whole)
     error = rng.random((2, 8, 8), np.float32)
     error[1, 3, 3] = np.nan
     everywhere = np.ones(error.shape, bool)
-    np.testing.assert_array_equal(slice_scores(error, everywhere),
+    np.testing.assert_array_equal(slice_scores_on(error, everywhere),
                                   np.array([np.percentile(error[0], [99])[0], np.nan], np.float32))
-    np.testing.assert_array_equal(slice_scores(error[:1], np.zeros((1, 8, 8), bool)), [0.0])
+    np.testing.assert_array_equal(slice_scores_on(error[:1], np.zeros((1, 8, 8), bool)), [0.0])
     error[:, 0, 0] = np.inf                                                # numpy's lerp gives NaN for a lone inf
     single = np.zeros(error.shape, bool)
     single[:, 0, 0] = True
     with np.errstate(invalid="ignore"):
-        np.testing.assert_array_equal(slice_scores(error[:1], single[:1]), [np.percentile(error[0, 0, :1], [99])[0]])
+        np.testing.assert_array_equal(slice_scores_on(error[:1], single[:1]), [np.percentile(error[0, 0, :1], [99])[0]])

@@ -454,25 +454,32 @@ def resampling_case(request):
     return mv, image, rng
 
 
-# Resampling runs on the host (NumPy/scipy) or on a torch device (a CSR product; here the CPU's).
-def on(array, device):
-    return array if device is None else torch.from_numpy(array).to(device)
+# Resampling runs on the host (NumPy/scipy, sparse products) or on a torch device (dense separable products and
+# gathers; here the CPU's), where its result stays.
+def to_model(mv, array, mode, fill, device):
+    if device is None:
+        return mv._to_model(array, mode, fill)
+    out = mv._to_model(torch.from_numpy(array).to(device), mode, fill)
+    assert isinstance(out, torch.Tensor) and out.device == torch.device(device)
+    return out.numpy()
 
 
 @pytest.mark.parametrize("device", [None, "cpu"], ids=["host", "torch"])
 def test_to_model_matches_grid_sample(resampling_case, device):
     mv, image, rng = resampling_case
     for values, fill in [(image, 0.0), (rng.standard_normal(image.shape).astype(np.float32), -1.0)]:
-        new = mv._to_model(on(values, device), "bilinear", fill)
+        new = to_model(mv, values, "bilinear", fill, device)
         assert new.dtype == np.float32 and new.shape == (mv.n_slices, mv.image_size, mv.image_size)
         np.testing.assert_allclose(new, reference_to_model(mv, values, "bilinear", fill),
                                    rtol=0, atol=1e-5 * np.ptp(values))
     mask = rng.random(image.shape) < 0.3
-    np.testing.assert_array_equal(mv._to_model(on(mask, device), "nearest", 0.0),
-                                  reference_to_model(mv, mask, "nearest", 0.0) > 0.5)
+    new = to_model(mv, mask, "nearest", 0.0, device)
+    assert new.dtype == bool
+    np.testing.assert_array_equal(new, reference_to_model(mv, mask, "nearest", 0.0) > 0.5)
     labels = rng.integers(0, 4, image.shape)
-    np.testing.assert_array_equal(mv._to_model(on(labels.astype(np.float32), device), "nearest", 0.0),
-                                  reference_to_model(mv, labels, "nearest", 0.0))
+    np.testing.assert_array_equal(to_model(mv, labels.astype(np.float32), "nearest", -1.0, device),
+                                  np.where(reference_to_model(mv, np.ones_like(labels), "nearest", 0.0) > 0.5,
+                                           reference_to_model(mv, labels, "nearest", 0.0), -1.0))
 
 
 @pytest.mark.parametrize("device", [None, "cpu"], ids=["host", "torch"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +16,7 @@ from scipy import ndimage
 
 from .config import Preset
 from .diffusion import Diffusion
-from .volume import ModelVolume, percentile
+from .volume import ModelVolume, lerp, percentile
 
 DEFAULT_TIMESTEP = 300
 DEFAULT_THRESHOLD = 0.3
@@ -49,12 +49,13 @@ def heat_map(x0: torch.Tensor, x0_hat: torch.Tensor) -> torch.Tensor:
     return (x0 - x0_hat).square()
 
 
-def _dilate_in_plane(mask: np.ndarray) -> np.ndarray:
-    """3x3 binary dilation of each slice of a (B, H, W) bool stack (zero border): OR of row, then column shifts."""
-    rows = mask.copy()
+def _dilate_in_plane(mask: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """3x3 binary dilation of each slice of a (B, H, W) bool stack (zero border): OR of row, then column shifts.
+    An array or a tensor (on its device)."""
+    rows = mask.clone() if isinstance(mask, torch.Tensor) else mask.copy()
     rows[:, 1:] |= mask[:, :-1]
     rows[:, :-1] |= mask[:, 1:]
-    out = rows.copy()
+    out = rows.clone() if isinstance(rows, torch.Tensor) else rows.copy()
     out[:, :, 1:] |= rows[:, :, :-1]
     out[:, :, :-1] |= rows[:, :, 1:]
     return out                                                            # (B, H, W)
@@ -80,8 +81,70 @@ def _pack_rows(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, slice, np.ndar
     return rows, at, span, packed
 
 
-def postprocess(mask: np.ndarray, pp: PostProcess = PostProcess()) -> np.ndarray:
-    """Apply pp to a (H, W) or (B, H, W) boolean mask, each slice on its own (in one pass over the stack)."""
+def _regions(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 4-connected regions of each slice of a (B, H, W) bool tensor, on its device: the flat indices of its
+    pixels (N,), ascending, and each pixel's region (N,), numbered 0, 1, ... in raster order over the stack (as
+    ndimage.label's labels - 1).
+
+    Every pixel starts named by itself (its place among the N). A sweep gives each run of pixels along a row,
+    then along a column, its smallest name, then replaces every name by that pixel's own (pointer jumping).
+    Names only fall and always name a pixel of the same region, so at the fixed point each region carries its
+    first pixel's name: a handful of sweeps for blob-like regions.
+    """
+    b, h, w = mask.shape
+    flat = mask.reshape(-1)
+    pixels = torch.nonzero(flat).squeeze(1)                               # (N,) ascending
+    place = torch.cumsum(flat, 0) - 1                                     # (B*H*W,) index among the N
+    runs = []
+    for dim, start in ((2, mask[:, :, 1:] & ~mask[:, :, :-1]), (1, mask[:, 1:] & ~mask[:, :-1])):
+        first = mask.clone()                                              # (B, H, W) a run starts here
+        first.narrow(dim, 1, mask.shape[dim] - 1).copy_(start)
+        at = torch.where(first, torch.arange(flat.numel(), device=mask.device).view(b, h, w), -1)
+        runs.append(place[at.cummax(dim).values.reshape(-1)[pixels]])     # (N,) the run's first pixel
+    name = torch.arange(len(pixels), device=mask.device)                 # (N,)
+    while True:
+        before = name
+        for run in runs:
+            smallest = torch.full_like(name, len(name)).scatter_reduce_(0, run, name, "amin")
+            name = smallest[run]
+        name = name[name]
+        if torch.equal(name, before):
+            break
+    return pixels, torch.unique(name, return_inverse=True)[1]
+
+
+def _postprocess_tensor(out: torch.Tensor, pp: PostProcess) -> torch.Tensor:
+    """postprocess's region step for a dilated (B, H, W) bool tensor with pixels, on its device (in place)."""
+    pixels, region = _regions(out)                                        # (N,), (N,)
+    areas = torch.bincount(region)                                        # (n,)
+    keep = areas >= pp.min_area                                           # (n,)
+    if pp.keep_largest:
+        n, plane = len(areas), out.shape[1] * out.shape[2]
+        slice_of = torch.zeros_like(areas).scatter_reduce_(0, region, pixels // plane, "amax")  # (n,) ascending
+        # by slice, larger area, lower label: one integer key, (slice · (plane + 1) + plane - area) · n + label
+        order = torch.argsort((slice_of * (plane + 1) + plane - areas) * n + torch.arange(n, device=out.device))
+        start = torch.searchsorted(slice_of, slice_of)                    # (n,) first label of the region's slice
+        rank = torch.empty_like(areas)                                    # (n,) place by area within its slice
+        rank[order] = torch.arange(n, device=out.device) - start[order]
+        k = pp.keep_largest                                               # a negative k drops |k| smallest
+        keep &= rank < (k if k > 0 else torch.searchsorted(slice_of, slice_of, right=True) - start + k)
+    out.view(-1)[pixels] = keep[region]
+    return out
+
+
+def postprocess(mask: np.ndarray | torch.Tensor, pp: PostProcess = PostProcess()) -> np.ndarray | torch.Tensor:
+    """Apply pp to a (H, W) or (B, H, W) boolean mask, each slice on its own (in one pass over the stack).
+    An array on the host, or a tensor on its device (the same result)."""
+    if isinstance(mask, torch.Tensor):
+        if mask.ndim == 2:
+            return postprocess(mask[None], pp)[0]
+        mask = mask.bool().contiguous()
+        if not pp.enabled:
+            return mask
+        out = _dilate_in_plane(mask) if pp.dilate else mask.clone()     # (B, H, W) our own
+        if (pp.keep_largest == 0 and pp.min_area <= 0) or not out.any():
+            return out
+        return _postprocess_tensor(out, pp)
     if not pp.enabled:
         return np.asarray(mask, bool)
     if mask.ndim == 2:
@@ -109,23 +172,48 @@ def postprocess(mask: np.ndarray, pp: PostProcess = PostProcess()) -> np.ndarray
     return out                                                            # (B, H, W)
 
 
-def make_mask(error: np.ndarray, threshold: float = DEFAULT_THRESHOLD, pp: PostProcess = PostProcess()) -> np.ndarray:
+def make_mask(error: np.ndarray | torch.Tensor, threshold: float = DEFAULT_THRESHOLD,
+              pp: PostProcess = PostProcess()) -> np.ndarray | torch.Tensor:
     """E_seg = postprocess(E_sq > threshold)."""
     return postprocess(error > threshold, pp)
 
 
-def consensus_mask(masks: Sequence[np.ndarray], votes: int | None = None) -> np.ndarray:
+def consensus_mask(masks: Sequence[np.ndarray | torch.Tensor], votes: int | None = None) -> np.ndarray | torch.Tensor:
     """Common regions: pixels flagged by at least `votes` of the masks (default: a strict majority)."""
-    stack = np.stack([np.asarray(m, bool) for m in masks])               # (K, ...)
     need = votes if votes is not None else len(masks) // 2 + 1
     if not 1 <= need <= len(masks):
         raise ValueError(f"vote threshold {need} must be between 1 and the {len(masks)} timesteps")
-    return stack.sum(axis=0) >= need
+    if isinstance(masks[0], torch.Tensor):
+        return torch.stack([m.bool() for m in masks]).sum(dim=0) >= need
+    return np.stack([np.asarray(m, bool) for m in masks]).sum(axis=0) >= need   # (K, ...) summed
 
 
-def slice_scores(error: np.ndarray, brain: np.ndarray | None = None) -> np.ndarray:
+def _slice_scores_tensor(error: torch.Tensor, brain: torch.Tensor | None) -> np.ndarray:
+    """slice_scores on error's device: each slice's brain values sorted at once (the rest +inf, after them)."""
+    flat = error.reshape(len(error), -1)                                  # (B, H*W)
+    if not flat.is_floating_point():
+        flat = flat.double()                                              # as the host path
+    inside = torch.ones_like(flat, dtype=torch.bool) if brain is None else brain.reshape(flat.shape)
+    ordered = flat.masked_fill(~inside, float("inf")).sort(dim=1).values  # (B, H*W) brain values first
+    counts = inside.sum(dim=1).cpu().numpy()                              # (B,)
+    position = (counts - 1) * (99 / 100)                                  # (B,) as percentile's, per slice
+    k = np.minimum(position.astype(np.int64), counts - 1).clip(0)
+    pair = torch.from_numpy(np.stack([k, np.minimum(k + 1, counts - 1).clip(0)], axis=1)).to(flat.device)
+    a, b = ordered.gather(1, pair).cpu().numpy().T                        # (B,) each
+    has_nan = (flat.isnan() & inside).any(dim=1).cpu().numpy()            # (B,)
+    empty = (counts == 0) | has_nan
+    a[empty] = b[empty] = 0
+    scores = lerp(a, b, position - k).astype(np.float32)
+    scores[has_nan] = np.nan
+    return scores
+
+
+def slice_scores(error: np.ndarray | torch.Tensor, brain: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
     """Per-slice anomaly score: the 99th percentile of the heat map inside the brain (volume.percentile),
-    (B, H, W) -> (B,) float32; 0 for a slice without brain, NaN for one that holds a NaN."""
+    (B, H, W) -> (B,) float32; 0 for a slice without brain, NaN for one that holds a NaN. Arrays on the host,
+    or tensors on their device (the same scores)."""
+    if isinstance(error, torch.Tensor):
+        return _slice_scores_tensor(error, brain)
     error = np.asarray(error)
     if error.dtype.kind != "f":
         error = error.astype(np.float64)                                  # np.percentile's integer arithmetic
@@ -225,7 +313,6 @@ class Detector:
         with self._autocast():
             return self._forward(x.contiguous(memory_format=self.layout), t)[:b].float()
 
-    @torch.inference_mode()
     def reconstruct(self, slices: np.ndarray, timestep: int = DEFAULT_TIMESTEP, seed: int = 0,
                     indices: Sequence[int] | None = None, brain: np.ndarray | None = None,
                     iterative: bool = False, progress: Callable[[int, int], bool] | None = None) -> Reconstruction:
@@ -237,32 +324,46 @@ class Detector:
         indices = list(range(len(slices))) if indices is None else list(indices)
         recon = np.empty_like(slices, dtype=np.float32)                  # (B, S, S)
         error = np.empty_like(recon)                                      # (B, S, S)
+        for start, x0_hat, err in self.batches(slices, timestep, seed, indices, brain, iterative, progress):
+            recon[start:start + len(x0_hat)] = x0_hat.cpu().numpy()       # (b, S, S)
+            error[start:start + len(x0_hat)] = err.cpu().numpy()
+        return Reconstruction(slices=np.asarray(indices), timestep=timestep, recon=recon, error=error)
+
+    def batches(self, slices: np.ndarray | torch.Tensor, timestep: int, seed: int, indices: Sequence[int],
+                brain: np.ndarray | torch.Tensor | None = None, iterative: bool = False,
+                progress: Callable[[int, int], bool] | None = None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """reconstruct's batches as they finish: (first slice's place, x0_hat (b, S, S), E (b, S, S)) on this
+        device, from slices and brain on the host or already there."""
         calls_per_slice = timestep + 1 if iterative else 1
         done, total = 0, len(slices) * calls_per_slice
         for start in range(0, len(slices), self.batch_size):
             idx = indices[start:start + self.batch_size]
-            x0 = torch.tensor(slices[start:start + len(idx)], dtype=torch.float32)  # a copy: inputs may be read-only
-            x0 = x0.to(self.device, non_blocking=True).unsqueeze(1)          # (b, 1, S, S)
-            seeds = slice_seeds(seed, idx, timestep)                          # (b,)
-            if iterative:
-                # Fresh noise each step from a generator tied to the batch's first slice.
-                gen = torch.Generator().manual_seed(int(seeds[0]))
-                for step in self.diffusion.iterative(self._eps, x0, timestep, generator=gen, seeds=seeds):
-                    x0_hat = step.x
+            with torch.inference_mode():
+                x0 = self._on_device(slices[start:start + len(idx)], torch.float32).unsqueeze(1)  # (b, 1, S, S)
+                seeds = slice_seeds(seed, idx, timestep)                      # (b,)
+                if iterative:
+                    # Fresh noise each step from a generator tied to the batch's first slice.
+                    gen = torch.Generator().manual_seed(int(seeds[0]))
+                    for step in self.diffusion.iterative(self._eps, x0, timestep, generator=gen, seeds=seeds):
+                        x0_hat = step.x
+                        done += len(idx)
+                        if progress is not None and progress(done, total) is False:
+                            raise InterruptedError("cancelled")
+                else:
+                    x0_hat = self.diffusion.single_step(self._eps, x0, timestep, seeds=seeds)
                     done += len(idx)
                     if progress is not None and progress(done, total) is False:
                         raise InterruptedError("cancelled")
-            else:
-                x0_hat = self.diffusion.single_step(self._eps, x0, timestep, seeds=seeds)
-                done += len(idx)
-                if progress is not None and progress(done, total) is False:
-                    raise InterruptedError("cancelled")
-            err = heat_map(x0, x0_hat)[:, 0]                                 # (b, S, S) on the device
-            if brain is not None:
-                err *= torch.tensor(brain[start:start + len(idx)], device=self.device)
-            recon[start:start + len(idx)] = x0_hat[:, 0].cpu().numpy()       # (b, S, S)
-            error[start:start + len(idx)] = err.cpu().numpy()
-        return Reconstruction(slices=np.asarray(indices), timestep=timestep, recon=recon, error=error)
+                err = heat_map(x0, x0_hat)[:, 0]                             # (b, S, S)
+                if brain is not None:
+                    err *= self._on_device(brain[start:start + len(idx)], torch.bool)
+            yield start, x0_hat[:, 0], err
+
+    def _on_device(self, a: np.ndarray | torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """An array (copied: inputs may be read-only) or a tensor, on this device."""
+        if isinstance(a, torch.Tensor):
+            return a.to(self.device, dtype)
+        return torch.tensor(a, dtype=dtype).to(self.device, non_blocking=True)
 
 
 @dataclass
@@ -281,6 +382,7 @@ class VolumeDetection:
         return np.arange(self.first_slice, self.first_slice + len(self.mask))
 
 
+@torch.inference_mode()
 def detect_volume(detector: Detector, volume: ModelVolume, timesteps: Sequence[int] = (DEFAULT_TIMESTEP,),
                   threshold: float = DEFAULT_THRESHOLD, pp: PostProcess = PostProcess(), votes: int | None = None,
                   seed: int = 0, slices: tuple[int, int] | None = None,
@@ -289,20 +391,33 @@ def detect_volume(detector: Detector, volume: ModelVolume, timesteps: Sequence[i
 
     One timestep: mask = postprocess(E > threshold). Several (common regions): each timestep's mask is
     made that way and a pixel is kept when at least `votes` of them agree (default a majority).
+    With a GPU detector (its volume_device) everything up to the results stays on the GPU.
     """
     first, last = volume.slice_range if slices is None else slices
-    x0 = volume.data[first:last + 1]                                      # (n, S, S)
-    brain = volume.brain_mask[first:last + 1]                             # (n, S, S)
+    where = detector.volume_device
+    x0, brain = volume.on_device(where) if where is not None else (volume.data, volume.brain_mask)
+    x0, brain = x0[first:last + 1], brain[first:last + 1]                 # (n, S, S) each
     idx = list(range(first, last + 1))
     total = len(idx) * len(timesteps)
     start = time.perf_counter()
-    runs = []
+    runs = []                                                             # (recon, error) per timestep
     for k, t in enumerate(timesteps):
         step = None if progress is None else (lambda d, _t, k=k: progress(k * len(idx) + d, total))
-        runs.append(detector.reconstruct(x0, t, seed=seed, indices=idx, brain=brain, progress=step))
+        if where is None:
+            r = detector.reconstruct(x0, t, seed=seed, indices=idx, brain=brain, progress=step)
+            runs.append((r.recon, r.error))
+        else:                                                             # kept on the GPU until the end
+            done = list(detector.batches(x0, t, seed, idx, brain, progress=step))
+            runs.append(tuple(torch.cat([d[j] for d in done]) for j in (1, 2)))
+    if where is not None and where.type == "cuda":
+        torch.cuda.synchronize(where)
     seconds = time.perf_counter() - start
-    masks = [make_mask(r.error, threshold, pp) for r in runs]
+    masks = [make_mask(error, threshold, pp) for _, error in runs]
     mask = masks[0] if len(masks) == 1 else consensus_mask(masks, votes)
-    error = runs[0].error if len(runs) == 1 else np.mean([r.error for r in runs], axis=0)
-    return VolumeDetection(first_slice=first, timesteps=tuple(timesteps), recon=runs[0].recon, error=error,
-                           mask=mask, scores=slice_scores(error, brain), seconds=seconds)
+    errors = [e for _, e in runs]
+    error = errors[0] if len(errors) == 1 else (torch.stack(errors).mean(dim=0) if where is not None
+                                                else np.mean(errors, axis=0))
+    scores = slice_scores(error, brain)
+    recon, error, mask = (v.cpu().numpy() if isinstance(v, torch.Tensor) else v for v in (runs[0][0], error, mask))
+    return VolumeDetection(first_slice=first, timesteps=tuple(timesteps), recon=recon, error=error, mask=mask,
+                           scores=scores, seconds=seconds)

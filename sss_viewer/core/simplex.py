@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -11,6 +12,10 @@ import numpy as np
 import torch
 
 from .config import NoiseConfig
+
+# The grid operator is a torch CSR tensor, built valid (invariants hold by construction): used as documented.
+warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
+warnings.filterwarnings("ignore", "Sparse invariant checks are implicitly disabled", UserWarning)
 
 _STRETCH = -1.0 / 6   # (1/sqrt(3+1) - 1)/3: skews (x, y, z) onto the simplectic honeycomb
 _SQUISH = 1.0 / 3     # (sqrt(3+1) - 1)/3: skews a lattice point back to space

@@ -50,7 +50,6 @@ BACKGROUND_MIN_FRACTION = 0.05  # a minimum value covering this share of voxels 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, zlib.error, ValueError)
 _RAS = axcodes2ornt(("R", "A", "S"))
-warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)  # used as documented
 
 
 class VolumeError(ValueError):
@@ -250,6 +249,8 @@ class ModelVolume:
     brain_box: tuple[int, int, int, int]   # x0, x1, y0, y1 (inclusive) canonical in-plane brain bounding box
     intensity_range: tuple[float, float]   # raw intensities mapped to -1 and +1
     background: float                      # raw background level (see background_level)
+    resident: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)  # (data, brain_mask) as
+    #                                      tensors where prepare ran on a torch device; None from the host
 
     @property
     def image_size(self) -> int:
@@ -260,6 +261,15 @@ class ModelVolume:
     def n_slices(self) -> int:
         """Number of axial slices (equals the canonical Z)."""
         return self.canonical_shape[2]
+
+    def on_device(self, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(data, brain_mask) as tensors on `device`: the copies prepare left there, else uploaded."""
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:                 # "cuda": the current GPU's tensors
+            device = torch.device("cuda", torch.cuda.current_device())
+        if self.resident is not None and self.resident[0].device == device:
+            return self.resident
+        return _tensor(self.data, device), _tensor(self.brain_mask, device)
 
     def _canonical_weights(self, mode: str, k: int) -> tuple[np.ndarray, np.ndarray]:
         """1-D grid_sample weights of canonical x at model columns (S, X) and of canonical y at model rows (S, Y).
@@ -291,16 +301,19 @@ class ModelVolume:
 
         Bilinear sampling (float32 out) averages k × k sub-pixel samples, k = ceil(p / finest in-plane
         spacing), so shrinking weighs every voxel under a model pixel (area-weighted anti-aliasing).
-        Nearest sampling keeps the input's dtype. A NumPy input is sampled on the host, a tensor on its device.
+        Nearest sampling keeps the input's dtype. A NumPy input is sampled on the host (a sparse product), a
+        tensor on its device (``_separable``), left there.
         """
         X, Y, Z = self.canonical_shape
         S = self.image_size
         k = 1 if mode == "nearest" else max(1, math.ceil(self.pixel_mm / min(self.spacing[:2]) - 1e-6))
         w_x, w_y = self._canonical_weights(mode, k)
+        if isinstance(canonical, torch.Tensor):
+            return _separable(w_x, w_y, canonical, mode == "nearest", fill).permute(2, 1, 0).contiguous()
         # (S·S, X·Y): model pixel (r, c) ← canonical voxel (x, y)
         operator = _separable_operator(w_y, w_x, strides=(1, Y), n_in=X * Y)
         out = _apply(operator, canonical.reshape(X * Y, Z), mode == "nearest", fill)  # (S·S, Z)
-        return _host(_transposed(out)).reshape(Z, S, S)
+        return _transposed(out).reshape(Z, S, S)
 
     def mask_to_model(self, mask: np.ndarray) -> np.ndarray:
         """Canonical (X, Y, Z) label/mask (> 0 is inside) → (Z, S, S) bool, nearest neighbour, same transform."""
@@ -331,13 +344,14 @@ class ModelVolume:
         X, Y, Z = self.canonical_shape
         nearest = order == "nearest"
         w_c, w_r = self._model_weights("nearest" if nearest else "bilinear")
-        # (X·Y, S·S): canonical voxel (x, y) ← model pixel (r, c)
-        operator = _separable_operator(w_c, w_r, strides=(1, S), n_in=S * S)
         dtype = bool if nearest and maps.dtype == bool else np.float32
-        src = maps.reshape(n, S * S).astype(dtype, copy=False)  # (n, S·S)
+        src = maps.astype(dtype, copy=False)  # (n, S, S)
         if device is not None:
-            src = _tensor(src, device)
-        sampled = _host(_apply(operator, _transposed(src), nearest)).reshape(X, Y, n)
+            sampled = _separable(w_c, w_r, _tensor(src, device).permute(2, 1, 0), nearest).cpu().numpy()
+        else:
+            # (X·Y, S·S): canonical voxel (x, y) ← model pixel (r, c)
+            operator = _separable_operator(w_c, w_r, strides=(1, S), n_in=S * S)
+            sampled = _apply(operator, _transposed(src.reshape(n, S * S)), nearest).reshape(X, Y, n)
         if n == Z:
             return sampled
         out = np.zeros(self.canonical_shape, dtype=dtype)  # (X, Y, Z)
@@ -368,41 +382,48 @@ def _host(a: np.ndarray | torch.Tensor) -> np.ndarray:
     return a.cpu().numpy() if isinstance(a, torch.Tensor) else a
 
 
-def _apply(operator: sparse.csr_matrix, src: np.ndarray | torch.Tensor, nearest: bool,
-           fill: float = 0.0) -> np.ndarray | torch.Tensor:
-    """operator @ src for src (n_in, m), with `fill` where the operator has no weight; a NumPy src on the host
-    (scipy), a tensor on its device (a torch CSR product).
+def _apply(operator: sparse.csr_matrix, src: np.ndarray, nearest: bool, fill: float = 0.0) -> np.ndarray:
+    """operator @ src for src (n_in, m) on the host, with `fill` where the operator has no weight.
 
     Nearest-neighbour operators (one weight of 1 a row, or none) are an exact row gather in src's dtype;
     others give operator @ (src - fill) + fill in float32.
     """
-    on_device = isinstance(src, torch.Tensor)
     if nearest:
         inside = np.diff(operator.indptr) > 0  # (rows,)
         index = np.zeros(operator.shape[0], dtype=np.int64)
         index[inside] = operator.indices
-        if on_device:
-            inside, index = (torch.from_numpy(v).to(src.device) for v in (inside, index))
-        out = src.index_select(0, index) if on_device else src[index]  # (rows, m)
+        out = src[index]  # (rows, m)
         out[~inside] = fill
         return out
-    if on_device:
-        parts = (torch.from_numpy(v).to(src.device) for v in (operator.indptr.astype(np.int64),
-                                                               operator.indices.astype(np.int64), operator.data))
-        csr = torch.sparse_csr_tensor(*parts, size=operator.shape, check_invariants=False)  # valid: built by scipy
-        out = csr @ src.float().sub(fill)
-    else:
-        out = operator @ (np.subtract(src, fill, dtype=np.float32) if fill or src.dtype != np.float32 else src)
+    out = operator @ (np.subtract(src, fill, dtype=np.float32) if fill or src.dtype != np.float32 else src)
     if fill:
         out += fill
     return out
 
 
-def _transposed(a: np.ndarray | torch.Tensor, block: int = 256) -> np.ndarray | torch.Tensor:
-    """C-contiguous copy of a.T for a 2-D array (`block` rows of `a` at a time: cache-friendly for tall arrays)
-    or tensor (on its device)."""
-    if isinstance(a, torch.Tensor):
-        return a.T.contiguous()
+def _separable(w_a: np.ndarray, w_b: np.ndarray, src: torch.Tensor, nearest: bool, fill: float = 0.0) -> torch.Tensor:
+    """out[p, q] = Σ_ab w_a[p, a] · w_b[q, b] · (src[a, b] - fill) + fill for src (A, B, m) on its device → (P, Q, m).
+
+    Two dense float32 products (the weights are small: (P, A) and (Q, B)); nearest-neighbour weights (one 1 a
+    row, or none) are an exact gather in src's dtype instead, `fill` where a row has no weight.
+    """
+    if nearest:
+        (inside_a, index_a), (inside_b, index_b) = ((torch.from_numpy(w.any(axis=1)).to(src.device),
+                                                     torch.from_numpy(w.argmax(axis=1)).to(src.device))
+                                                    for w in (w_a, w_b))
+        out = src.index_select(0, index_a).index_select(1, index_b)  # (P, Q, m)
+        out[~inside_a] = fill
+        out[:, ~inside_b] = fill
+        return out
+    a, b, m = src.shape
+    weights_a, weights_b = (torch.from_numpy(w).to(src.device) for w in (w_a, w_b))
+    along_b = torch.matmul(weights_b, src.float() - fill)  # (A, Q, m): (Q, B) @ (A, B, m)
+    out = (weights_a @ along_b.reshape(a, -1)).reshape(len(w_a), len(w_b), m)  # (P, Q, m)
+    return out + fill if fill else out
+
+
+def _transposed(a: np.ndarray, block: int = 256) -> np.ndarray:
+    """C-contiguous copy of a.T for a 2-D array, `block` rows of `a` at a time (cache-friendly for tall arrays)."""
     out = np.empty(a.shape[::-1], dtype=a.dtype)
     for start in range(0, a.shape[0], block):
         out[:, start:start + block] = a[start:start + block].T
@@ -449,20 +470,19 @@ def stretch_contrast(data: np.ndarray | torch.Tensor, brain: np.ndarray | torch.
 def percentile(values: np.ndarray | torch.Tensor, q: float) -> float:
     """np.percentile(values, [q])[0] (linear method, interpolated in float64) bit for bit, from the two order
     statistics it needs; `values` (1-D, non-empty, no NaN) is a scratch array: it is reordered. A tensor
-    (on its device, e.g. a GPU) is left as it is: its order statistics come from kthvalue.
+    (on its device, e.g. a GPU) is left as it is: its order statistics come from a sorted copy.
 
     Percentile q lies at position i = (n - 1) · q / 100 of the sorted values v; with a = v[⌊i⌋],
-    b = v[⌊i⌋ + 1] and t = frac(i) it is a + (b - a) t, or b - (b - a)(1 - t) when t ≥ 0.5 (numpy's lerp,
-    b - a in the values' dtype, the rest in float64).
+    b = v[⌊i⌋ + 1] and t = frac(i) it is ``lerp(a, b, t)``.
     Selection runs from the nearer end (negated for the top half): numpy's partition is fast for a kth
     near the start even among many ties, but can be many times slower for one near the end.
     """
     n = math.prod(values.shape)
     position = (n - 1) * (q / 100)                                   # numpy's virtual index
     k = min(int(position), n - 1)
-    if isinstance(values, torch.Tensor):
-        a = values.kthvalue(k + 1).values                            # the k-th smallest (kthvalue counts from 1)
-        b = values.kthvalue(k + 2).values if k + 1 < n else a
+    if isinstance(values, torch.Tensor):                             # one sort: a GPU's kthvalue selects with
+        ordered = values.reshape(-1).sort().values                   # a single thread block
+        a, b = ordered[[k, min(k + 1, n - 1)]].cpu().numpy()
     elif 2 * k < n:
         values.partition(k)                                          # values[k]: the k-th smallest, larger after it
         a, b = values[k], values[k + 1:].min() if k + 1 < n else values[k]
@@ -472,8 +492,16 @@ def percentile(values: np.ndarray | torch.Tensor, q: float) -> float:
         values.partition(top)
         a, b = -values[top], -values[:top].max() if top else -values[top]
         np.negative(values, out=values)
-    d, a, b, t = float(b - a), float(a), float(b), position - k     # b - a in the values' dtype, as numpy
-    return b - d * (1 - t) if t >= 0.5 else a + d * t
+    return float(lerp(a, b, position - k))
+
+
+def lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray | float) -> np.ndarray:
+    """numpy's percentile interpolation between neighbouring order statistics a ≤ b (arrays or scalars of one
+    dtype) at fraction t: a + (b - a) t, or b - (b - a)(1 - t) when t ≥ 0.5; b - a in their dtype, the rest
+    in float64."""
+    d = np.asarray(b - a, np.float64)
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.where(t >= 0.5, b - d * (1 - t), a + d * t)
 
 
 def prepare(volume: Volume | np.ndarray, cfg: PreprocessConfig = PreprocessConfig(),
@@ -530,9 +558,11 @@ def prepare(volume: Volume | np.ndarray, cfg: PreprocessConfig = PreprocessConfi
         canonical_shape=tuple(int(n) for n in data.shape), spacing=(sx, sy, sz),
         centre=((x0 + x1) / 2, (y0 + y1) / 2), pixel_mm=pixel_mm, brain_box=(x0, x1, y0, y1),
         intensity_range=(low, high), background=background)
-    return replace(geometry,
-                   data=geometry._to_model(stretched, "bilinear", -1.0),  # (Z, S, S) float32
-                   brain_mask=geometry._to_model(brain, "bilinear", 0.0) > 0.5)  # (Z, S, S)
+    model_data = geometry._to_model(stretched, "bilinear", -1.0)  # (Z, S, S) float32
+    model_brain = geometry._to_model(brain, "bilinear", 0.0) > 0.5  # (Z, S, S)
+    if device is None:
+        return replace(geometry, data=model_data, brain_mask=model_brain)
+    return replace(geometry, data=_host(model_data), brain_mask=_host(model_brain), resident=(model_data, model_brain))
 
 
 def write_nifti(array: np.ndarray, like: Volume, path: str | os.PathLike, kind: str = "mask",
