@@ -17,9 +17,10 @@ import pytest
 import torch
 from scipy import ndimage
 
-from sss_viewer.core.anomaly import Detector
+from sss_viewer.core.anomaly import Detector, native_bf16
 from sss_viewer.core.checkpoint import load_checkpoint, read_checkpoint
 from sss_viewer.core.config import PRESETS
+from sss_viewer.core.unet import UNet
 from trainer import cli
 from trainer import data as data_module
 from trainer.data import (DataError, SliceSet, augment, cached_volume, find_volumes, is_mask_or_label,
@@ -341,3 +342,30 @@ def test_init_starts_a_new_run_from_a_checkpoints_weights_with_unit_noise(brains
     assert "differs from the tiny preset" in capsys.readouterr().err            # the run has unit noise
     assert cli.main(base + ["--out", str(out), "--resume", "--preset", "tiny", "--unit-noise", "--steps", "2"]) == 0
     assert f"initialised from {first}" in load_checkpoint(out / "model.pt").provenance
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "auto"])
+def test_precision_sets_the_forward_autocast_and_is_recorded(brains, tmp_path, monkeypatch, precision):
+    real_forward, autocast = UNet.forward, []
+
+    def spy(self, x, t):
+        autocast.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return real_forward(self, x, t)
+
+    monkeypatch.setattr(UNet, "forward", spy)
+    out = tmp_path / precision
+    model_path = train(tiny(brains, out, steps=2, precision=precision, preview_every=2))
+    expect = {"fp32": "fp32", "bf16": "bf16", "auto": "bf16" if native_bf16(torch.device("cpu")) else "fp32"}[precision]
+    assert autocast and set(autocast) == {expect == "bf16"}                 # training steps and the preview
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss"]) for r in records)
+    assert read_checkpoint(out / "last.pt")["train_state"]["sessions"][-1]["precision"] == expect
+    assert f"1 x cpu, {expect}: " in load_checkpoint(model_path).provenance
+
+
+def test_unknown_precision_is_a_clear_error(brains, tmp_path, capsys):
+    with pytest.raises(ValueError, match="--precision must be one of auto, fp32, bf16"):
+        train(tiny(brains, tmp_path / "x", steps=1, precision="fp16"))
+    with pytest.raises(SystemExit):
+        cli.main(["--data", str(brains), "--out", str(tmp_path / "y"), "--precision", "fp16"])
+    assert "invalid choice: 'fp16'" in capsys.readouterr().err

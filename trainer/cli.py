@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from sss_viewer.core.anomaly import PRECISIONS
 from sss_viewer.core.config import PRESETS
 
 from .data import MIN_SLICES
@@ -64,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preview-every", type=int, metavar="N", help="steps between preview PNGs, 0 only at the end")
     p.add_argument("--log-every", type=int, metavar="N", help="steps between log.jsonl records (default: by preset)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (faster on GPUs)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="the forward pass's arithmetic: auto (default) is bf16 autocast on a GPU and on a CPU with "
+                        "AMX/AVX-512 BF16, else fp32")
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False,
                    help="no progress bar (the default shows one only on a terminal)")
     return p
@@ -77,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
                       ema_decay=args.ema_decay, grad_clip=args.grad_clip, seed=args.seed, augment=args.augment,
                       modality=args.modality, save_every=args.save_every, keep=args.keep,
                       preview_every=args.preview_every, log_every=args.log_every, device=args.device,
-                      compile=args.compile, resume=args.resume, init=args.init, unit_noise=args.unit_noise,
-                      progress=args.progress,
+                      compile=args.compile, precision=args.precision, resume=args.resume, init=args.init,
+                      unit_noise=args.unit_noise, progress=args.progress,
                       command=command_line(argv))
     main_rank = int(os.environ.get("RANK", 0)) == 0
     try:
