@@ -132,26 +132,8 @@ def _postprocess_tensor(out: torch.Tensor, pp: PostProcess) -> torch.Tensor:
     return out
 
 
-def postprocess(mask: np.ndarray | torch.Tensor, pp: PostProcess = PostProcess()) -> np.ndarray | torch.Tensor:
-    """Apply pp to a (H, W) or (B, H, W) boolean mask, each slice on its own (in one pass over the stack).
-    An array on the host, or a tensor on its device (the same result)."""
-    if isinstance(mask, torch.Tensor):
-        if mask.ndim == 2:
-            return postprocess(mask[None], pp)[0]
-        mask = mask.bool().contiguous()
-        if not pp.enabled:
-            return mask
-        out = _dilate_in_plane(mask) if pp.dilate else mask.clone()     # (B, H, W) our own
-        if (pp.keep_largest == 0 and pp.min_area <= 0) or not out.any():
-            return out
-        return _postprocess_tensor(out, pp)
-    if not pp.enabled:
-        return np.asarray(mask, bool)
-    if mask.ndim == 2:
-        return postprocess(mask[None], pp)[0]
-    out = _dilate_in_plane(np.asarray(mask, bool)) if pp.dilate else np.array(mask, bool)  # (B, H, W) our own
-    if (pp.keep_largest == 0 and pp.min_area <= 0) or not out.any():
-        return out
+def _postprocess_array(out: np.ndarray, pp: PostProcess) -> np.ndarray:
+    """postprocess's region step for a dilated (B, H, W) bool array with pixels, on the host (in place)."""
     rows, at, span, packed = _pack_rows(out)                              # (R,), (R,), W' columns, (P, W')
     labels, n = ndimage.label(packed)                                     # (P, W') 1..n in raster order over the stack
     ids = labels[packed]                                                  # (N,) region of each pixel
@@ -170,6 +152,21 @@ def postprocess(mask: np.ndarray | torch.Tensor, pp: PostProcess = PostProcess()
     packed[packed] = lut[ids]
     out.reshape(-1, out.shape[2])[rows, span] = packed[at]                # the rest is empty already
     return out                                                            # (B, H, W)
+
+
+def postprocess(mask: np.ndarray | torch.Tensor, pp: PostProcess = PostProcess()) -> np.ndarray | torch.Tensor:
+    """Apply pp to a (H, W) or (B, H, W) boolean mask, each slice on its own (in one pass over the stack).
+    An array on the host, or a tensor on its device (the same result)."""
+    if mask.ndim == 2:
+        return postprocess(mask[None], pp)[0]
+    tensor = isinstance(mask, torch.Tensor)
+    mask = mask.bool().contiguous() if tensor else np.asarray(mask, bool)
+    if not pp.enabled:
+        return mask
+    out = _dilate_in_plane(mask) if pp.dilate else (mask.clone() if tensor else mask.copy())  # (B, H, W) our own
+    if (pp.keep_largest == 0 and pp.min_area <= 0) or not out.any():
+        return out
+    return _postprocess_tensor(out, pp) if tensor else _postprocess_array(out, pp)
 
 
 def make_mask(error: np.ndarray | torch.Tensor, threshold: float = DEFAULT_THRESHOLD,
