@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from sss_viewer.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from sss_viewer.core.checkpoint import CheckpointError, Recommended, load_checkpoint, save_checkpoint
 from sss_viewer.core.config import NoiseConfig, Preset
 from sss_viewer.core.unet import UNet
 
@@ -66,3 +66,17 @@ def test_weights_not_matching_config_are_refused(tmp_path, tiny_preset):
     save_checkpoint(tmp_path / "bad.pt", tiny_preset, state, step=0)
     with pytest.raises(CheckpointError, match="does not match"):
         load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_recommended_settings_round_trip_and_default(tmp_path, tiny_preset):
+    model = UNet(tiny_preset.model)
+    save_checkpoint(tmp_path / "plain.pt", tiny_preset, model.state_dict(), step=1)
+    assert load_checkpoint(tmp_path / "plain.pt").recommended == Recommended()       # the paper's 300 and 0.3
+    rec = Recommended(timestep=180, threshold=0.12, source="unit test")
+    save_checkpoint(tmp_path / "rec.pt", tiny_preset, model.state_dict(), step=1, recommended=rec)
+    assert load_checkpoint(tmp_path / "rec.pt").recommended == rec
+    payload = torch.load(tmp_path / "rec.pt", weights_only=True)
+    payload["recommended"] = {"timestep": "soon"}
+    torch.save(payload, tmp_path / "damaged.pt")
+    with pytest.raises(CheckpointError, match="recommended"):
+        load_checkpoint(tmp_path / "damaged.pt")

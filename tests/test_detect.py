@@ -183,3 +183,42 @@ def test_bad_checkpoint_exits_2(tmp_path, capsys, content):
     status, errors = run([src, "--out", tmp_path / "out", "--checkpoint", ckpt, "--device", "cpu"], capsys)
     assert status == 2 and len(errors) == 1 and "bad.pt" in errors[0]
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_recommended_settings_are_the_defaults_and_the_command_line_wins(tmp_path, checkpoint, capsys):
+    payload = torch.load(checkpoint, weights_only=True)
+    payload["recommended"] = {"timestep": 120, "threshold": 0.07, "source": "test calibration"}
+    calibrated = tmp_path / "calibrated.pt"
+    torch.save(payload, calibrated)
+    src = save(brain_volume(), tmp_path / "a.nii.gz")
+    base = [src, "--checkpoint", calibrated, "--device", "cpu"]
+    assert run(base + ["--out", tmp_path / "rec"], capsys)[0] == 0
+    params = json.loads((tmp_path / "rec" / "a.json").read_text())["parameters"]
+    assert (params["timesteps"], params["threshold"], params["settings_from"]) == ([120], 0.07, "test calibration")
+    assert run(base + ["--out", tmp_path / "cli", "--timestep", "200", "--threshold", "0.2"], capsys)[0] == 0
+    params = json.loads((tmp_path / "cli" / "a.json").read_text())["parameters"]
+    assert (params["timesteps"], params["threshold"], params["settings_from"]) == ([200], 0.2, "command line")
+    assert run([src, "--checkpoint", checkpoint, "--device", "cpu", "--out", tmp_path / "old"], capsys)[0] == 0
+    params = json.loads((tmp_path / "old" / "a.json").read_text())["parameters"]   # no recommendation: the paper's
+    assert (params["timesteps"], params["threshold"], params["settings_from"]) == ([300], 0.3, "paper defaults")
+
+
+def test_each_input_gets_its_bundled_checkpoint(tmp_path, tiny_checkpoint, monkeypatch, capsys):
+    from sss_viewer.core import resources
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    demo = save(brain_volume(), bundle / resources.DEMO_VOLUME)
+    for name, step in ((resources.DEMO_CHECKPOINT, 1), (resources.GENERAL_CHECKPOINT, 2)):
+        (bundle / name).write_bytes(tiny_checkpoint(PRESETS["tiny"].preprocess, step=step).read_bytes())
+    monkeypatch.setattr(resources, "resource_dir", lambda: bundle)
+    monkeypatch.setenv("SSS_VIEWER_CONFIG_DIR", str(tmp_path / "config"))
+    copy = tmp_path / "copy_of_demo.nii.gz"
+    copy.write_bytes(demo.read_bytes())
+    other = save(brain_volume()[::-1].copy(), tmp_path / "patient.nii.gz")
+    assert run([demo, copy, other, "--out", tmp_path / "out", "--device", "cpu"], capsys)[0] == 0
+    steps = {p: json.loads((tmp_path / "out" / f"{p}.json").read_text())["checkpoint"]["step"]
+             for p in ("demo_t1", "copy_of_demo", "patient")}
+    assert steps == {"demo_t1": 1, "copy_of_demo": 1, "patient": 2}
+    assert resources.default_checkpoint() == bundle / resources.GENERAL_CHECKPOINT      # no volume: a real scan
+    (bundle / resources.GENERAL_CHECKPOINT).unlink()
+    assert resources.default_checkpoint(other) == bundle / resources.DEMO_CHECKPOINT    # not installed: the demo's

@@ -226,5 +226,21 @@ def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, checkpoint, capsys):
     with pytest.raises(SystemExit) as exc:
         ev.main(["--manifest", str(good), "--out", str(out), "--methods", "sss300,nope"])
     assert exc.value.code == 2 and "nope" in capsys.readouterr().err
-    assert [m.name for m in ev.build_parser().parse_args(["--manifest", "m", "--out", "o"]).methods] == list(
-        ev.DEFAULT_METHODS)
+    assert ev.build_parser().parse_args(["--manifest", "m", "--out", "o"]).methods is None   # the checkpoint's
+    assert [m.name for m in ev.default_methods(300)] == list(ev.DEFAULT_METHODS)
+    assert [m.name for m in ev.default_methods(200)] == list(ev.DEFAULT_METHODS) + ["sss200", "sss200_pp"]
+
+
+def test_methods_at_any_timestep_and_case_selection(tmp_path):
+    assert ev.method_named("sss300_pp") is ev.METHODS["sss300_pp"]
+    m = ev.method_named("sss175_pp")
+    assert (m.timesteps, m.iterative, m.postprocess, m.label) == ((175,), False, True,
+                                                                  "SSS t = 175 (with postprocessing)")
+    assert ev.method_named("anoddpm90").iterative and ev.method_named("sss") is None
+    assert ev.method_named("sss3000") is None and ev.method_named("ssx200") is None
+    manifest = write_manifest(tmp_path, [["a", "t1", "a.nii.gz", "a_seg.nii.gz", ""],
+                                         ["b", "t1", "b.nii.gz", "b_seg.nii.gz", ""],
+                                         ["b", "flair", "bf.nii.gz", "b_seg.nii.gz", ""]])
+    assert [r.case for r in ev.read_manifest(manifest, "t1", cases=["b"])] == ["b"]
+    with pytest.raises(ev.EvalError, match="case.*c"):
+        ev.read_manifest(manifest, "t1", cases=["b", "c"])

@@ -315,6 +315,43 @@ def test_checkpoint_and_device_switch_at_run_time(qtbot, window, files, settings
     wait_for(qtbot, lambda: w.session.device == "auto")
 
 
+def test_checkpoint_follows_the_volume_and_brings_its_settings(qtbot, files, tmp_path, monkeypatch):
+    payload = torch.load(files["checkpoint2"], weights_only=True)
+    payload["recommended"] = {"timestep": 220, "threshold": 0.17, "source": "test"}
+    general = tmp_path / "general.pt"
+    torch.save(payload, general)
+    patient = save_lps(synthetic_brain()[::-1].copy(), tmp_path / "patient.nii.gz")
+    chosen = {str(files["volume"]): files["checkpoint"], str(patient): general}
+    monkeypatch.setattr("sss_viewer.gui.main_window.default_checkpoint", lambda path: chosen[str(path)])
+    w = MainWindow(Settings.load())
+    qtbot.addWidget(w)
+    w.start(files["volume"], files["checkpoint"], device="cpu", auto_checkpoint=True)
+    wait_for(qtbot, lambda: w.shown is not None)
+    assert (w.state.timestep, w.state.threshold) == (300, 0.3)          # no recommendation: the paper's
+    w.open_volume(patient)                                              # a real scan: the general checkpoint
+    wait_for(qtbot, lambda: w.session.model.path == general and w.session.volume.path == patient
+             and w.shown is not None)
+    assert (w.state.timestep, w.state.threshold) == (220, 0.17)
+    assert w.controls.threshold_spin.value() == pytest.approx(0.17)
+    assert "λ 220, threshold 0.17" in w.controls.model_label.text() and "test" in w.controls.model_label.toolTip()
+    w.state.set(threshold=0.25)                                         # the user's choice stays ...
+    w.state.set(device="auto")                                          # ... across a device change
+    wait_for(qtbot, lambda: w.session.device == "auto")
+    assert w.state.threshold == 0.25
+    w.open_checkpoint(files["checkpoint2"])                             # chosen by hand: no more switching
+    wait_for(qtbot, lambda: w.session.model.path == files["checkpoint2"])
+    w.open_volume(files["volume"])
+    wait_for(qtbot, lambda: w.session.volume.path == files["volume"] and w.shown is not None)
+    assert w.session.model.path == files["checkpoint2"]
+    w.close()
+
+    w = launch(parse_args([str(patient), "--threshold", "0.5", "--device", "cpu"]))   # the command line wins
+    qtbot.addWidget(w)
+    wait_for(qtbot, lambda: w.session is not None and w.session.model is not None and w.shown is not None)
+    assert w.state.threshold == 0.5
+    w.close()
+
+
 def test_export_writes_aligned_nifti(qtbot, window, files, tmp_path):
     w = window
     native = nib.load(str(files["volume"]))

@@ -23,8 +23,8 @@ from sss_viewer.core.config import PRESETS
 from sss_viewer.core.unet import UNet
 from trainer import cli
 from trainer import data as data_module
-from trainer.data import (DataError, SliceSet, augment, cached_volume, find_volumes, is_mask_or_label,
-                          modality_of)
+from trainer.data import (Augment, CachedVolume, DataError, SliceSet, augment, brain_mask_for, cached_volume,
+                          find_volumes, is_mask_or_label, masked_volume, modality_of, oblique_plane)
 from trainer.loop import Interrupted, TrainConfig, checkpoints, step_seed, train
 from trainer.png import encode_png, grid
 
@@ -95,7 +95,8 @@ def test_tiny_run_writes_checkpoint_that_loads_and_detects(brains, tmp_path):
     sha = data_module.file_sha256(brains / "sub0" / "t1.nii.gz")[:12]
     for text in ("tiny preset", "steps: 3", f"sha256:{sha}", "torch", "wall time", str(brains / "sub1" / "t1.nii.gz")):
         assert text in loaded.provenance, text
-    assert "brainmask" not in loaded.provenance
+    assert f"{brains / 'sub0' / 'brainmask.nii.gz'}  sha256" not in loaded.provenance      # a mask, not a volume
+    assert "sha256:" + sha + "  brain mask brainmask.nii.gz" in loaded.provenance            # applied to its image
 
     slices = cached_volume(brains / "sub0" / "t1.nii.gz", loaded.preset.preprocess).slices[:3]
     result = Detector(loaded.model, loaded.preset, device="cpu").reconstruct(np.array(slices), timestep=300)
@@ -129,11 +130,11 @@ def test_resume_equals_uninterrupted_run_after_stop_or_sigterm(brains, tmp_path,
 
     real_sample, calls = SliceSet.sample, []
 
-    def sample_then_signal(self, batch, generator):
+    def sample_then_signal(self, batch, generator, **kw):
         calls.append(batch)
         if len(calls) == 2:                      # during step 2: as if `kill -TERM` arrived mid-step
             os.kill(os.getpid(), signal.SIGTERM)
-        return real_sample(self, batch, generator)
+        return real_sample(self, batch, generator, **kw)
 
     monkeypatch.setattr(SliceSet, "sample", sample_then_signal)
     with pytest.raises(Interrupted) as stopped:
@@ -270,6 +271,75 @@ def test_augment_keeps_background_and_range(brains):
     assert torch.all(moved[:, :, :2, :2] == -1)                                  # background corners stay -1
     assert not torch.allclose(moved, x0)
     assert torch.equal(moved, augment(x0, torch.Generator().manual_seed(0)))
+
+
+def test_brain_mask_beside_an_image_is_found_and_applied(tmp_path, cache):
+    img = make_brain(tmp_path / "a" / "t1.nii.gz", seed=3)
+    assert brain_mask_for(img) is None
+    skull = nib.load(str(img))
+    data = skull.get_fdata()
+    outside = data == 0
+    data[outside] = np.random.default_rng(0).uniform(30, 60, np.count_nonzero(outside))  # a 'skull' around it
+    nib.save(nib.Nifti1Image(data.astype(np.float32), skull.affine), str(img))
+    for name in ("brainmask.nii.gz", "brainmask_t1.nii", "t1_brainmask.nii.gz"):      # lowest priority first
+        mask = make_mask(tmp_path / "a" / name, make_brain(tmp_path / "ref.nii.gz", seed=3))
+        assert brain_mask_for(img) == mask
+    volume = masked_volume(img, brain_mask_for(img))
+    inside = nib.load(str(mask)).get_fdata() > 0
+    assert volume.data.min() == 0 and np.count_nonzero(volume.data) == np.count_nonzero(inside)
+    cfg = PRESETS["tiny"].preprocess
+    with_mask, without = cached_volume(img, cfg, mask=mask), cached_volume(img, cfg)
+    assert with_mask.mask == mask and without.mask is None                # two cache entries, one per mask
+    assert not np.array_equal(np.asarray(with_mask.slices), np.asarray(without.slices))
+    assert with_mask.slices.min() == -1 and np.isclose(with_mask.z_ratio, 6.0 / cached_pixel_mm(img, mask))
+    empty = tmp_path / "a" / "empty_brainmask.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros(inside.shape, np.uint8), skull.affine), str(empty))
+    with pytest.raises(ValueError, match="empty"):
+        masked_volume(img, empty)
+
+
+def cached_pixel_mm(img: Path, mask: Path) -> float:
+    from sss_viewer.core.volume import prepare
+    return prepare(masked_volume(img, mask), PRESETS["tiny"].preprocess).pixel_mm
+
+
+def test_oblique_plane_samples_the_tilted_plane():
+    n, s = 40, 16
+    z = np.arange(n, dtype=np.float32)[:, None, None]
+    stack = np.broadcast_to(z / n - 0.5, (n, s, s)).copy()               # each slice holds its depth
+    volume = CachedVolume(path=Path("x"), sha256="", slices=stack, first_slice=0, from_cache=True, z_ratio=0.5)
+    assert torch.equal(oblique_plane(volume, 20, 0.0, 0.0), torch.from_numpy(stack[20]))
+    pitch = np.radians(10)
+    plane = oblique_plane(volume, 20, pitch, 0.0).numpy()
+    rows = np.arange(s) + 0.5 - s / 2
+    expect = (20 + rows * np.sin(pitch) / 0.5) / n - 0.5                 # depth grows down the rows, not across
+    np.testing.assert_allclose(plane, np.broadcast_to(expect[:, None], (s, s)), atol=1e-5)
+    roll = oblique_plane(volume, 20, 0.0, pitch).numpy()
+    np.testing.assert_allclose(roll, plane.T, atol=1e-5)
+    top = oblique_plane(volume, n - 1, np.radians(30), 0.0).numpy()        # beyond the stack: its last slice
+    assert top.max() <= stack[-1].max() + 1e-6
+
+
+def test_three_axis_augmentation_draws_new_planes_deterministically(brains):
+    volumes = [cached_volume(p, PRESETS["tiny"].preprocess) for p in find_volumes([str(brains)])]
+    data = SliceSet(volumes)
+    flat = data.sample(6, torch.Generator().manual_seed(5))
+    tilted = data.sample(6, torch.Generator().manual_seed(5), tilt_deg=10)
+    assert tilted.shape == flat.shape and not torch.equal(tilted, flat)
+    assert torch.equal(tilted, data.sample(6, torch.Generator().manual_seed(5), tilt_deg=10))
+    assert tilted.min() >= -1 and tilted.max() <= 1
+
+
+def test_intensity_augmentation_keeps_the_background(brains):
+    volume = cached_volume(brains / "sub0" / "t1.nii.gz", PRESETS["tiny"].preprocess)
+    x0 = torch.from_numpy(np.array(volume.slices[4:8])).unsqueeze(1)            # (4, 1, 32, 32)
+    still = Augment(rotation_deg=0, tilt_deg=0, scale=0, shift_px=0, flip=False, elastic_px=0, gamma=1,
+                    brightness=0, bias=0, noise=0)
+    np.testing.assert_allclose(augment(x0, torch.Generator().manual_seed(0), still), x0, atol=1e-5)
+    noisy = augment(x0, torch.Generator().manual_seed(0), replace(still, bias=0.3, noise=0.05))
+    brain = x0 > -1
+    assert torch.equal(noisy[~brain], x0[~brain])                          # background untouched
+    assert (noisy[brain] - x0[brain]).abs().mean() > 0.02
 
 
 def _decode_png(data: bytes) -> tuple[tuple[int, int, int], bytes]:

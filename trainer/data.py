@@ -15,6 +15,11 @@ Which files are used (``find_volumes``):
   else in its folder's name. ``--modality`` keeps the files of that modality and those with no
   modality token. Without it, files naming two or more modalities are refused: a model of healthy T1
   and T2 at once learns neither. Intensity histograms are not compared.
+
+Brain masks beside an image (``brain_mask_for``): a scan with its skull is usable as it is when its
+brain mask lies in the same folder as ``<stem>_brainmask.nii[.gz]``, ``brainmask_<stem>.nii[.gz]`` or a
+lone ``brainmask.nii[.gz]``; voxels outside the mask become background before preprocessing, and the
+mask's hash is part of the cache key.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,9 +45,9 @@ from sss_viewer.core.checkpoint import file_sha256
 from sss_viewer.core.config import PreprocessConfig, config_to_dict
 from sss_viewer.core.files import atomic_write
 from sss_viewer.core.resources import cache_dir
-from sss_viewer.core.volume import NIFTI_SUFFIXES, load_volume, prepare
+from sss_viewer.core.volume import NIFTI_SUFFIXES, Volume, VolumeError, load_mask, load_volume, prepare
 
-CACHE_VERSION = 1            # bump when the cache layout changes
+CACHE_VERSION = 2            # bump when the cache layout changes
 MIN_SLICES = 16              # fewer usable slices in all volumes together is refused as too small
 SKIP_PARTS = ("mask", "seg", "label", "lesion", "roi")
 SKIP_TOKENS = frozenset({"gm", "wm", "csf", "pve", "prob", "probseg", "dseg", "tissue"})
@@ -146,6 +151,30 @@ def find_volumes(specs: Sequence[str], modality: str | None = None) -> list[Path
     return files
 
 
+def brain_mask_for(path: str | os.PathLike) -> Path | None:
+    """The brain mask lying beside a training image (module docstring), or None."""
+    p = Path(path)
+    stem = "_".join(name_tokens(p.name)) if p.name.lower().endswith(NIFTI_SUFFIXES) else p.stem
+    for name in (f"{stem}_brainmask", f"brainmask_{stem}", "brainmask"):
+        for suffix in NIFTI_SUFFIXES[::-1]:
+            candidate = p.with_name(name + suffix)
+            if candidate.is_file() and candidate.resolve() != p.resolve():
+                return candidate
+    return None
+
+
+def masked_volume(path: str | os.PathLike, mask: str | os.PathLike | None) -> Volume:
+    """The volume with every voxel outside its brain mask set to the background (min(0, image minimum))."""
+    volume = load_volume(path)
+    if mask is None:
+        return volume
+    brain = load_mask(mask, like=volume)                                    # (X, Y, Z) bool
+    if not brain.any():
+        raise VolumeError(f"brain mask {mask} is empty; remove it or fix it")
+    fill = min(float(volume.data.min()), 0.0)
+    return replace(volume, data=np.where(brain, volume.data, np.float32(fill)).astype(np.float32))
+
+
 @dataclass(frozen=True)
 class CachedVolume:
     """One volume's usable axial slices in model space, memory-mapped from the cache."""
@@ -154,6 +183,8 @@ class CachedVolume:
     slices: np.ndarray         # (n, S, S) float32 memmap: slices first_slice .. first_slice + n - 1, in [-1, 1]
     first_slice: int           # index of slices[0] in the volume (ModelVolume.slice_range[0])
     from_cache: bool           # False when this call preprocessed the file
+    z_ratio: float = 1.0       # slice spacing / model pixel side (both mm): 3-D geometry of the stack
+    mask: Path | None = None   # brain mask applied before preprocessing (brain_mask_for)
 
     def __len__(self) -> int:
         return len(self.slices)
@@ -165,14 +196,15 @@ def _code_digest() -> str:
     return file_sha256(volume_module.__file__)[:16]
 
 
-def cache_key(sha256: str, cfg: PreprocessConfig) -> str:
-    """Cache entry name: the file's content hash and a digest of the preprocessing (parameters and code)."""
-    params = json.dumps({"v": CACHE_VERSION, "cfg": config_to_dict(cfg), "code": _code_digest()}, sort_keys=True)
+def cache_key(sha256: str, cfg: PreprocessConfig, mask_sha256: str = "") -> str:
+    """Cache entry name: the file's content hash and a digest of the preprocessing (parameters, code, brain mask)."""
+    params = json.dumps({"v": CACHE_VERSION, "cfg": config_to_dict(cfg), "code": _code_digest(), "mask": mask_sha256},
+                        sort_keys=True)
     return f"{sha256[:32]}-{hashlib.sha256(params.encode()).hexdigest()[:16]}"
 
 
-def _open_entry(npy: Path, meta: Path, cfg: PreprocessConfig) -> tuple[np.ndarray, int] | None:
-    """The memmapped slices and first slice of a complete cache entry, or None when absent or damaged."""
+def _open_entry(npy: Path, meta: Path, cfg: PreprocessConfig) -> tuple[np.ndarray, int, float] | None:
+    """The memmapped slices, first slice and z ratio of a complete cache entry, or None when absent or damaged."""
     try:
         info = json.loads(meta.read_text())
         slices = np.load(npy, mmap_mode="r")
@@ -181,11 +213,12 @@ def _open_entry(npy: Path, meta: Path, cfg: PreprocessConfig) -> tuple[np.ndarra
     size = cfg.image_size
     if slices.dtype != np.float32 or slices.shape[1:] != (size, size) or list(slices.shape) != info.get("shape"):
         return None
-    return slices, int(info["first_slice"])
+    return slices, int(info["first_slice"]), float(info["z_ratio"])
 
 
-def cached_volume(path: str | os.PathLike, cfg: PreprocessConfig, folder: Path | None = None) -> CachedVolume:
-    """The volume's usable slices (ModelVolume.slice_range of ``prepare(load_volume(path), cfg)``), from the cache.
+def cached_volume(path: str | os.PathLike, cfg: PreprocessConfig, folder: Path | None = None,
+                  mask: str | os.PathLike | None = None) -> CachedVolume:
+    """The volume's usable slices (ModelVolume.slice_range of ``prepare(masked_volume(path, mask), cfg)``), cached.
 
     Entries live in ``folder`` (default: ``cache_dir() / "slices"``) as ``<key>.npy`` + ``<key>.json``,
     key = ``cache_key`` (content hash + preprocessing), each written atomically, the .json last so it
@@ -195,14 +228,17 @@ def cached_volume(path: str | os.PathLike, cfg: PreprocessConfig, folder: Path |
     path = Path(path)
     folder = cache_dir() / "slices" if folder is None else Path(folder)
     sha = file_sha256(path)
-    key = cache_key(sha, cfg)
+    mask = None if mask is None else Path(mask)
+    key = cache_key(sha, cfg, "" if mask is None else file_sha256(mask))
     npy, meta = folder / f"{key}.npy", folder / f"{key}.json"
     entry = _open_entry(npy, meta, cfg)
     if entry is not None:
-        return CachedVolume(path=path, sha256=sha, slices=entry[0], first_slice=entry[1], from_cache=True)
+        return CachedVolume(path=path, sha256=sha, slices=entry[0], first_slice=entry[1], from_cache=True,
+                            z_ratio=entry[2], mask=mask)
 
-    model_volume = prepare(load_volume(path), cfg)
+    model_volume = prepare(masked_volume(path, mask), cfg)
     first, last = model_volume.slice_range
+    z_ratio = model_volume.spacing[2] / model_volume.pixel_mm
     slices = np.ascontiguousarray(model_volume.data[first:last + 1], dtype=np.float32)   # (n, S, S)
     folder.mkdir(parents=True, exist_ok=True)
     source = str(path.resolve())
@@ -217,11 +253,12 @@ def cached_volume(path: str | os.PathLike, cfg: PreprocessConfig, folder: Path |
                 old.unlink(missing_ok=True)
                 old.with_suffix(".npy").unlink(missing_ok=True)
     atomic_write(npy, lambda f: np.save(f, slices))
-    info = {"source": source, "sha256": sha, "first_slice": first, "shape": list(slices.shape),
-            "preprocess": config_to_dict(cfg), "cache_version": CACHE_VERSION}
+    info = {"source": source, "sha256": sha, "first_slice": first, "shape": list(slices.shape), "z_ratio": z_ratio,
+            "mask": None if mask is None else str(mask.resolve()), "preprocess": config_to_dict(cfg),
+            "cache_version": CACHE_VERSION}
     atomic_write(meta, lambda f: f.write(json.dumps(info, indent=1).encode()))
     return CachedVolume(path=path, sha256=sha, slices=np.load(npy, mmap_mode="r"), first_slice=first,
-                        from_cache=False)
+                        from_cache=False, z_ratio=z_ratio, mask=mask)
 
 
 class SliceSet:
@@ -242,12 +279,21 @@ class SliceSet:
     def n_slices(self) -> int:
         return int(self.lengths.sum())
 
-    def sample(self, batch: int, generator: torch.Generator) -> torch.Tensor:
-        """A batch x0 (B, 1, S, S) on the CPU: per item a uniform volume, then a uniform slice in its brain range."""
+    def sample(self, batch: int, generator: torch.Generator, tilt_deg: float = 0.0) -> torch.Tensor:
+        """A batch x0 (B, 1, S, S) on the CPU: per item a uniform volume, then a uniform slice in its brain range.
+
+        With tilt_deg > 0 each item is an oblique plane through that slice's centre instead (``oblique_plane``),
+        tilted by pitch and roll uniform in ±tilt_deg: head positions that in-plane augmentation cannot make.
+        """
         vol = torch.randint(len(self.volumes), (batch,), generator=generator)                  # (B,)
         pos = (torch.rand(batch, generator=generator, dtype=torch.float64) * self.lengths[vol]).long()  # (B,)
-        x0 = np.stack([self.volumes[v].slices[k] for v, k in zip(vol.tolist(), pos.tolist())])  # (B, S, S)
-        return torch.from_numpy(x0).unsqueeze(1)                                              # (B, 1, S, S)
+        if tilt_deg <= 0:
+            x0 = np.stack([self.volumes[v].slices[k] for v, k in zip(vol.tolist(), pos.tolist())])  # (B, S, S)
+            return torch.from_numpy(x0).unsqueeze(1)                                          # (B, 1, S, S)
+        angles = (torch.rand(batch, 2, generator=generator, dtype=torch.float64) * 2 - 1) * math.radians(tilt_deg)
+        planes = [oblique_plane(self.volumes[v], k, float(a), float(b))
+                  for v, k, (a, b) in zip(vol.tolist(), pos.tolist(), angles.tolist())]
+        return torch.stack(planes).unsqueeze(1)                                                # (B, 1, S, S)
 
     def fixed_slices(self, count: int = 4) -> np.ndarray:
         """count slices chosen once (spread over volumes, then positions) for previews: (count, S, S)."""
@@ -260,26 +306,56 @@ class SliceSet:
         return np.stack(out)                                                                   # (count, S, S)
 
 
+def oblique_plane(volume: CachedVolume, k: int, pitch: float, roll: float) -> torch.Tensor:
+    """The plane through the centre of cached slice k, rotated by roll about the A-P axis, then by pitch about
+    the L-R axis (radians), sampled trilinearly: (S, S) in [-1, 1].
+
+    In millimetres, in-plane offset (r, c) from the centre goes to
+    (r cos(pitch) - c sin(roll) sin(pitch), c cos(roll), r sin(pitch) + c sin(roll) cos(pitch)) (row, column, z);
+    z is converted to slices by the stack's z_ratio and clamped to the cached range.
+    """
+    n, s, _ = volume.slices.shape
+    d = torch.arange(s, dtype=torch.float64) + 0.5 - s / 2                                    # (S,) pixel offsets
+    r, c = d.view(s, 1), d.view(1, s)
+    rows = (r * math.cos(pitch) - c * math.sin(roll) * math.sin(pitch)) + s / 2 - 0.5       # (S, S) pixel index
+    cols = (c * math.cos(roll)).expand(s, s) + s / 2 - 0.5                                   # (S, S)
+    z = (k + (r * math.sin(pitch) + c * math.sin(roll) * math.cos(pitch)) / volume.z_ratio).clamp(0, n - 1)
+    lo, hi = int(z.min()), min(n - 1, int(math.ceil(float(z.max()))))
+    slab = torch.from_numpy(np.array(volume.slices[lo:hi + 1], dtype=np.float32))            # (D, S, S)
+    depth = max(hi - lo, 1)
+    grid = torch.stack([cols / (s - 1), rows / (s - 1), (z - lo) / depth], -1) * 2 - 1      # (S, S, 3) x, y, z
+    plane = F.grid_sample(slab[None, None] + 1, grid[None, None].float(), mode="bilinear", padding_mode="zeros",
+                          align_corners=True)                                               # (1, 1, 1, S, S)
+    return plane[0, 0, 0] - 1                                                                # (S, S)
+
+
 @dataclass(frozen=True)
 class Augment:
-    """Light, anatomy-preserving augmentation; every item draws its own parameters."""
-    rotation_deg: float = 8.0     # rotation uniform in ±rotation_deg
-    scale: float = 0.05           # zoom uniform in 1 ± scale
-    shift_px: float = 3.0         # translation uniform in ±shift_px pixels per axis
+    """Anatomy-preserving augmentation for scans from other people, scanners and head positions; every item
+    draws its own parameters."""
+    rotation_deg: float = 15.0    # in-plane rotation uniform in ±rotation_deg
+    tilt_deg: float = 10.0        # out-of-plane pitch and roll uniform in ±tilt_deg (SliceSet.sample)
+    scale: float = 0.1            # zoom uniform in 1 ± scale
+    shift_px: float = 4.0         # translation uniform in ±shift_px pixels per axis
     flip: bool = True             # left-right mirror with probability 1/2 (brains are near-symmetric)
-    gamma: float = 1.25           # intensity gamma log-uniform in [1/gamma, gamma]
+    elastic_px: float = 1.5       # smooth displacement: N(0, elastic_px²) pixels on a 5 x 5 grid, bicubic between
+    gamma: float = 1.3            # intensity gamma log-uniform in [1/gamma, gamma]
     brightness: float = 0.1       # intensity factor uniform in 1 ± brightness (after gamma), clipped
+    bias: float = 0.15            # multiplicative bias field exp(b), b ~ N(0, bias²) on a 3 x 3 grid, bilinear between
+    noise: float = 0.02           # additive Gaussian noise on brain pixels, std uniform in [0, noise] (unit range)
 
 
 def augment(x0: torch.Tensor, generator: torch.Generator, aug: Augment = Augment()) -> torch.Tensor:
-    """Random affine + gamma on a batch in model space; background stays -1.
+    """Random affine + elastic warp, then gamma, bias field and noise, on a batch in model space; background
+    stays -1.
 
-    Geometry: output pixel p samples the input at R(θ) p / s + d (normalised coordinates, bilinear,
-    outside → -1), with x mirrored for flipped items. Intensity on u = (x + 1) / 2 in [0, 1]:
-    u' = clip(b · u^γ, 0, 1), so u = 0 (background, -1) stays 0. Parameters come from generator (CPU).
+    Geometry: output pixel p samples the input at R(θ) p / s + d + w(p) (normalised coordinates, bilinear,
+    outside → -1), with x mirrored for flipped items and w a smooth random displacement. Intensity on
+    u = (x + 1) / 2 in [0, 1]: u' = clip(b · u^γ · exp(f) + n, 0, 1) on brain pixels, f a smooth random
+    field and n Gaussian noise, so u = 0 (background, -1) stays 0. Parameters come from generator (CPU).
     """
     b, _, s, _ = x0.shape
-    u = torch.rand(b, 7, generator=generator, dtype=torch.float64) * 2 - 1                 # (B, 7) in [-1, 1)
+    u = torch.rand(b, 8, generator=generator, dtype=torch.float64) * 2 - 1                 # (B, 8) in [-1, 1)
     angle = u[:, 0] * math.radians(aug.rotation_deg)
     scale = 1 + u[:, 1] * aug.scale
     shift = u[:, 2:4] * (2 * aug.shift_px / s)                                              # (B, 2) normalised
@@ -289,8 +365,17 @@ def augment(x0: torch.Tensor, generator: torch.Generator, aug: Augment = Augment
                          torch.stack([sin * mirror, cos, shift[:, 1]], 1)], 1)              # (B, 2, 3)
     theta = theta.to(x0.device, x0.dtype)
     grid = F.affine_grid(theta, list(x0.shape), align_corners=False)                      # (B, S, S, 2)
+    warp = torch.randn(b, 2, 5, 5, generator=generator) * (2 * aug.elastic_px / s)          # (B, 2, 5, 5) normalised
+    warp = F.interpolate(warp, size=(s, s), mode="bicubic", align_corners=True)            # (B, 2, S, S)
+    grid = grid + warp.permute(0, 2, 3, 1).to(x0.device, x0.dtype)                         # (B, S, S, 2)
     moved = F.grid_sample(x0 + 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False)  # (B, 1, S, S)
     gamma = torch.exp(u[:, 5] * math.log(aug.gamma)).to(x0.device, x0.dtype).view(b, 1, 1, 1)
     bright = (1 + u[:, 6] * aug.brightness).to(x0.device, x0.dtype).view(b, 1, 1, 1)
+    field = torch.randn(b, 1, 3, 3, generator=generator) * aug.bias                          # (B, 1, 3, 3)
+    field = torch.exp(F.interpolate(field, size=(s, s), mode="bilinear", align_corners=True)).to(x0.device, x0.dtype)
+    sigma = ((u[:, 7] + 1) / 2 * aug.noise).to(x0.device, x0.dtype).view(b, 1, 1, 1)
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype) * sigma     # (B, 1, S, S)
     unit = (moved / 2).clamp(0, 1)                                                          # (B, 1, S, S) in [0, 1]
-    return (bright * unit.pow(gamma)).clamp(0, 1) * 2 - 1                                  # (B, 1, S, S)
+    brain = unit > 0
+    unit = torch.where(brain, bright * unit.pow(gamma) * field + noise, unit)
+    return unit.clamp(0, 1) * 2 - 1                                                        # (B, 1, S, S)

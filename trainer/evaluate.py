@@ -9,6 +9,7 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ from sss_viewer.core.metrics import all_metrics, dice
 from sss_viewer.core.volume import ModelVolume, load_mask, load_volume, prepare
 
 from . import figures
+from .data import brain_mask_for, masked_volume
 from .png import upscale, write_png
 
 SLICES_PER_VOLUME = 4                                   # the paper: four equidistant slices per volume
@@ -80,6 +82,19 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("consensus", "SSS — common regions", CONSENSUS_TIMESTEPS, False, True),
 )}
 DEFAULT_METHODS = ("sss250", "sss300", "sss250_pp", "sss300_pp", "consensus")
+_METHOD_NAME = re.compile(r"^(sss|anoddpm)(\d{1,3})(_pp)?$")
+
+
+def method_named(name: str) -> Method | None:
+    """A METHODS entry, or the same kind at another timestep (sss<T>, sss<T>_pp, anoddpm<T>[_pp]); None if neither."""
+    if name in METHODS:
+        return METHODS[name]
+    found = _METHOD_NAME.match(name)
+    if found is None:
+        return None
+    kind, t, pp = found.group(1), int(found.group(2)), bool(found.group(3))
+    label = f"{'AnoDDPM' if kind == 'anoddpm' else 'SSS'} t = {t}" + (" (with postprocessing)" if pp else "")
+    return Method(name, label, (t,), kind == "anoddpm", pp)
 
 
 class EvalError(ValueError):
@@ -95,8 +110,10 @@ class ManifestRow:
     mask_source: str
 
 
-def read_manifest(path: str | os.PathLike, modality: str, max_cases: int | None = None) -> list[ManifestRow]:
-    """Rows of `modality` from a `case,modality,image,mask[,mask_source]` CSV, paths relative to its folder."""
+def read_manifest(path: str | os.PathLike, modality: str, max_cases: int | None = None,
+                  cases: Sequence[str] | None = None) -> list[ManifestRow]:
+    """Rows of `modality` (and of `cases`, when given) from a `case,modality,image,mask[,mask_source]` CSV, paths
+    relative to its folder."""
     path = Path(path)
     try:
         with open(path, newline="") as f:
@@ -115,6 +132,11 @@ def read_manifest(path: str | os.PathLike, modality: str, max_cases: int | None 
         present = sorted({(r["modality"] or "").strip() for r in rows} - {""})
         raise EvalError(f"manifest {path} has no row with modality {modality!r} (present: "
                         f"{', '.join(present) or 'none'}); pick one with --modality")
+    if cases is not None:
+        unknown = sorted(set(cases) - {(r["case"] or "").strip() for r in chosen})
+        if unknown:
+            raise EvalError(f"manifest {path} has no {modality} row for case(s) {', '.join(unknown)}; check --cases")
+        chosen = [r for r in chosen if (r["case"] or "").strip() in cases]
     for n, r in enumerate(chosen):
         if not all((r[c] or "").strip() for c in MANIFEST_COLUMNS):
             raise EvalError(f"manifest {path}: a {modality} row ({n + 1}) has an empty case, image or mask field")
@@ -478,11 +500,18 @@ def write_results(ev: Evaluation, out_dir: str | os.PathLike, meta: dict, source
 
 def parse_methods(text: str) -> list[Method]:
     names = list(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
-    unknown = [n for n in names if n not in METHODS]
+    unknown = [n for n in names if method_named(n) is None]
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; "
-                                         f"choose from {','.join(METHODS)}")
-    return [METHODS[n] for n in names]
+                                         f"choose from {','.join(METHODS)}, or sss<T>[_pp] at another timestep T")
+    return [method_named(n) for n in names]
+
+
+def default_methods(recommended_timestep: int) -> list[Method]:
+    """DEFAULT_METHODS, plus the checkpoint's recommended timestep with and without post-processing."""
+    names = dict.fromkeys(DEFAULT_METHODS)
+    names.update(dict.fromkeys((f"sss{recommended_timestep}", f"sss{recommended_timestep}_pp")))
+    return [method_named(n) for n in names]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -498,18 +527,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, metavar="CKPT",
                    help="model checkpoint (default: the settings' default checkpoint, else the bundled demo one)")
     p.add_argument("--modality", default="t1", help="manifest rows to use (default t1)")
-    p.add_argument("--methods", type=parse_methods, default=[METHODS[n] for n in DEFAULT_METHODS],
-                   metavar="M1,M2,...",
-                   help=f"comma-separated, from {','.join(METHODS)} (default {','.join(DEFAULT_METHODS)}); "
+    p.add_argument("--methods", type=parse_methods, default=None, metavar="M1,M2,...",
+                   help=f"comma-separated, from {','.join(METHODS)}, or sss<T>[_pp] at any timestep T (default "
+                        f"{','.join(DEFAULT_METHODS)}, plus sss<T>,sss<T>_pp at the checkpoint's recommended T); "
                         "the anoddpm* chains make lambda model calls per slice: slow on a CPU")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N] (default auto)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     p.add_argument("--seed", type=int, default=0, help="noise seed; equal seeds give equal tables (default 0)")
     p.add_argument("--max-cases", type=int, metavar="N", help="evaluate only the first N cases of the modality")
+    p.add_argument("--cases", type=lambda t: [c.strip() for c in t.split(",") if c.strip()], metavar="C1,C2,...",
+                   help="evaluate only these cases (names from the manifest's case column), e.g. to report "
+                        "tumours and MS apart")
     p.add_argument("--healthy", type=Path, nargs="+", default=[], metavar="PATH",
-                   help="healthy volumes for the false-positive rate (beyond the paper)")
-    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
-                   help=f"squared-error threshold of the masks (default {DEFAULT_THRESHOLD})")
+                   help="healthy volumes for the false-positive rate (beyond the paper); a brain mask beside one "
+                        "(as sss-train finds it) is applied first")
+    p.add_argument("--threshold", type=float, default=None,
+                   help=f"squared-error threshold of the masks (default: the checkpoint's calibrated one, else "
+                        f"{DEFAULT_THRESHOLD})")
     return p
 
 
@@ -523,14 +557,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.exists() and not args.out.is_dir():
         return fail(f"--out {args.out} is a file; give a folder")
     try:
-        rows = read_manifest(args.manifest, args.modality, args.max_cases)
+        rows = read_manifest(args.manifest, args.modality, args.max_cases, args.cases)
     except EvalError as err:
         return fail(err)
     try:
         ckpt, detector = load_detector(args.checkpoint, args.device, precision=args.precision)
     except ValueError as err:  # CheckpointError or the device
         return fail(err)
-    too_far = sorted({t for m in args.methods for t in m.timesteps if t >= ckpt.preset.diffusion.timesteps})
+    methods = args.methods or default_methods(ckpt.recommended.timestep)
+    threshold = ckpt.recommended.threshold if args.threshold is None else args.threshold
+    too_far = sorted({t for m in methods for t in m.timesteps if t >= ckpt.preset.diffusion.timesteps})
     if too_far:
         return fail(f"the checkpoint's diffusion has {ckpt.preset.diffusion.timesteps} steps; methods need {too_far}")
 
@@ -542,16 +578,17 @@ def main(argv: list[str] | None = None) -> int:
             status = fail(f"case {row.case}: {err}")
     for path in args.healthy:
         try:
-            healthy.append((str(path), prepare(load_volume(path), ckpt.preset.preprocess)))
+            healthy.append((str(path), prepare(masked_volume(path, brain_mask_for(path)), ckpt.preset.preprocess)))
         except ValueError as err:
             status = fail(err)
     if status:
         return status
 
-    evaluation = evaluate(detector, cases, args.methods, args.threshold, args.seed, healthy)
+    evaluation = evaluate(detector, cases, methods, threshold, args.seed, healthy)
     meta = {"manifest": str(args.manifest.resolve()), "modality": args.modality,
             "checkpoint": {"path": str(ckpt.path.resolve()), "sha256": ckpt.sha256, "step": ckpt.step,
-                           "preset": preset_to_dict(ckpt.preset)},
+                           "preset": preset_to_dict(ckpt.preset), "recommended": ckpt.recommended.to_payload()},
+            "threshold_from": "command line" if args.threshold is not None else ckpt.recommended.source,
             "device": str(detector.device), "precision": detector.precision,
             "healthy": [str(p) for p in args.healthy]}
     try:

@@ -41,9 +41,10 @@ from sss_viewer.core.diffusion import Diffusion
 from sss_viewer.core.unet import UNet, count_parameters
 from sss_viewer.core.volume import VolumeError
 
-from .data import DataError, SliceSet, augment, cached_volume, find_volumes
+from .data import Augment, DataError, SliceSet, augment, brain_mask_for, cached_volume, find_volumes
 from .png import grid, plot_loss, to_uint8, with_header, write_png
 
+AUGMENT = Augment()         # the augmentation of every step (with TrainConfig.augment), recorded in the provenance
 PREVIEW_TIMESTEP = 300      # lambda of the preview's single-step reconstruction
 PREVIEW_SLICES = 4          # fixed slices shown in every preview
 PREVIEW_SEED = 20_240_901   # their noise seeds are PREVIEW_SEED + 0..3, the same at every step
@@ -329,7 +330,7 @@ class Trainer:
         mine, error = {}, None
         for i in range(self.ctx.rank, len(files), self.ctx.world):
             try:
-                mine[i] = cached_volume(files[i], cfg)
+                mine[i] = cached_volume(files[i], cfg, mask=brain_mask_for(files[i]))
             except (VolumeError, OSError) as err:
                 error = f"cannot use training volume: {' '.join(str(err).split())}; fix or remove it from --data"
                 break
@@ -341,7 +342,7 @@ class Trainer:
             built = sum(b for _, b in gathered)
         if error:
             raise DataError(error)
-        volumes = [mine[i] if i in mine else cached_volume(f, cfg) for i, f in enumerate(files)]
+        volumes = [mine[i] if i in mine else cached_volume(f, cfg, mask=brain_mask_for(f)) for i, f in enumerate(files)]
         data = SliceSet(volumes)
         self.data_summary = f"{len(volumes)} volumes, {data.n_slices} slices"
         self.cache_summary = f"{built} preprocessed now, {len(volumes) - built} from the cache"
@@ -374,9 +375,10 @@ class Trainer:
         b, T = self.cfg.batch_size, self.diffusion.timesteps
         gen = torch.Generator().manual_seed(step_seed(self.cfg.seed, step, self.ctx.rank))
         torch.manual_seed(step_seed(self.cfg.seed, step, self.ctx.rank, stream=1))   # dropout, if configured
-        x0 = self.data.sample(b, gen).to(self.device, non_blocking=True)                  # (B, 1, S, S)
+        tilt = AUGMENT.tilt_deg if self.cfg.augment else 0.0
+        x0 = self.data.sample(b, gen, tilt_deg=tilt).to(self.device, non_blocking=True)   # (B, 1, S, S)
         if self.cfg.augment:
-            x0 = augment(x0, gen)                                                         # (B, 1, S, S)
+            x0 = augment(x0, gen, AUGMENT)                                                # (B, 1, S, S)
         t = torch.randint(T, (b,), generator=gen)                                          # (B,) uniform on [0, T)
         eps = self.diffusion.noise_like(x0, t, generator=gen)                              # (B, 1, S, S)
         t = t.to(self.device)
@@ -407,13 +409,15 @@ class Trainer:
                  f"noise {self.preset.noise.kind} (standardize={self.preset.noise.standardize})",
                  f"steps: {self.step}; batch {self.cfg.batch_size} x {self.ctx.world} process(es); AdamW lr "
                  f"{self.cfg.lr:g} betas {self.cfg.betas} wd {self.cfg.weight_decay:g}; EMA {self.cfg.ema_decay:g}; "
-                 f"grad clip {self.cfg.grad_clip:g}; seed {self.cfg.seed}; augment {self.cfg.augment}",
+                 f"grad clip {self.cfg.grad_clip:g}; seed {self.cfg.seed}; augment "
+                 + (str(AUGMENT) if self.cfg.augment else "off"),
                  f"wall time: {sum(s['wall_s'] for s in sessions):.0f} s in {len(sessions)} session(s)"]
         lines += [f"session {i + 1}: steps {s['start_step']}-{s['end_step']}, {s['wall_s']:.0f} s, "
                   f"{s['world_size']} x {s['device']}, {_session_precision(s)}: {s['command']}\n"
                   f"  machine: {s['machine']}" for i, s in enumerate(sessions)]
         lines.append(f"data: {self.data_summary}")
-        lines += [f"  {v.path}  sha256:{v.sha256[:12]}" for v in self.data.volumes]
+        lines += [f"  {v.path}  sha256:{v.sha256[:12]}" + (f"  brain mask {v.mask.name}" if v.mask else "")
+                  for v in self.data.volumes]
         if self.init_note:
             lines.append(self.init_note)
         return "\n".join(lines)

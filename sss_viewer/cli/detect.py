@@ -21,8 +21,9 @@ import sss_viewer
 from sss_viewer.cli import bad_input
 from sss_viewer.core.anomaly import (CONSENSUS_TIMESTEPS, DEFAULT_THRESHOLD, DEFAULT_TIMESTEP, PRECISION_HELP,
                                      PRECISIONS, Detector, PostProcess, detect_volume)
-from sss_viewer.core.checkpoint import LoadedCheckpoint, load_detector, preset_to_dict
+from sss_viewer.core.checkpoint import CheckpointError, LoadedCheckpoint, load_detector, preset_to_dict
 from sss_viewer.core.files import atomic_write_text
+from sss_viewer.core.resources import default_checkpoint
 from sss_viewer.core.volume import NIFTI_SUFFIXES, load_volume, prepare, write_nifti
 
 
@@ -51,11 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("volumes", nargs="+", metavar="VOLUME", help="input scans (.nii or .nii.gz, skull-stripped)")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--checkpoint", type=Path, metavar="CKPT",
-                   help="model checkpoint (default: the settings' default checkpoint, else the bundled demo one)")
-    p.add_argument("--timestep", type=int, default=DEFAULT_TIMESTEP,
-                   help=f"noise level lambda of single-step sampling (default {DEFAULT_TIMESTEP})")
-    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
-                   help=f"squared-error threshold of the mask, in model intensity space (default {DEFAULT_THRESHOLD})")
+                   help="model checkpoint (default: the settings' default checkpoint, else the bundled one for the "
+                        "input: the demo checkpoint for the demo volume, the general T1 checkpoint for real scans)")
+    p.add_argument("--timestep", type=int, default=None,
+                   help=f"noise level lambda of single-step sampling (default: the checkpoint's recommended one, "
+                        f"else {DEFAULT_TIMESTEP})")
+    p.add_argument("--threshold", type=float, default=None,
+                   help=f"squared-error threshold of the mask, in model intensity space (default: the checkpoint's "
+                        f"calibrated one, else {DEFAULT_THRESHOLD})")
     p.add_argument("--consensus", type=parse_timesteps, metavar="T1,T2,...",
                    help="common regions over these timesteps instead of --timestep (the paper: "
                         + ",".join(map(str, CONSENSUS_TIMESTEPS)) + ")")
@@ -134,11 +138,26 @@ def versions() -> dict[str, str]:
 
 def checkpoint_identity(ckpt: LoadedCheckpoint) -> dict:
     return {"path": str(ckpt.path.resolve()), "sha256": ckpt.sha256, "step": ckpt.step,
-            "preset": preset_to_dict(ckpt.preset)}
+            "preset": preset_to_dict(ckpt.preset), "recommended": ckpt.recommended.to_payload()}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one input runs at: the command line's values, else the checkpoint's recommended ones."""
+    timesteps: tuple[int, ...]
+    threshold: float
+    source: str                 # where the values that were not given on the command line came from
+
+    @classmethod
+    def of(cls, args: argparse.Namespace, ckpt: LoadedCheckpoint) -> Settings:
+        given = args.consensus is not None or args.timestep is not None, args.threshold is not None
+        timesteps = args.consensus or (args.timestep if given[0] else ckpt.recommended.timestep,)
+        threshold = args.threshold if given[1] else ckpt.recommended.threshold
+        return cls(timesteps, threshold, "command line" if all(given) else ckpt.recommended.source)
 
 
 def process(path: Path, outs: Outputs, detector: Detector, ckpt: LoadedCheckpoint, args: argparse.Namespace,
-            timesteps: tuple[int, ...], pp: PostProcess) -> dict:
+            settings: Settings, pp: PostProcess) -> dict:
     """Detect on one volume and write its three files; on any failure none of them is left behind."""
     t_start = time.perf_counter()
     volume = load_volume(path)
@@ -146,12 +165,13 @@ def process(path: Path, outs: Outputs, detector: Detector, ckpt: LoadedCheckpoin
     model_volume = prepare(volume, ckpt.preset.preprocess, device=detector.volume_device)
     t_prepared = time.perf_counter()
     first, last = model_volume.slice_range
+    timesteps = settings.timesteps
     with tqdm(total=(last - first + 1) * len(timesteps), desc=output_stem(path), unit="slice", file=sys.stderr,
               disable=None, leave=False) as bar:
         def progress(done: int, total: int) -> bool:
             bar.update(done - bar.n)
             return True
-        result = detect_volume(detector, model_volume, timesteps, args.threshold, pp, votes=args.votes,
+        result = detect_volume(detector, model_volume, timesteps, settings.threshold, pp, votes=args.votes,
                                seed=args.seed, progress=progress)
     where = detector.volume_device
     mask = model_volume.to_canonical(result.mask, "nearest", result.first_slice, device=where)    # (X, Y, Z) bool
@@ -170,7 +190,8 @@ def process(path: Path, outs: Outputs, detector: Detector, ckpt: LoadedCheckpoin
             "outputs": {"mask": outs.mask.name, "error": outs.error.name},
             "parameters": {"timesteps": list(timesteps), "consensus": len(timesteps) > 1,
                            "votes": (args.votes or len(timesteps) // 2 + 1) if len(timesteps) > 1 else None,
-                           "threshold": args.threshold, "postprocess": pp.enabled, "seed": args.seed,
+                           "threshold": settings.threshold, "settings_from": settings.source,
+                           "postprocess": pp.enabled, "seed": args.seed,
                            "batch_size": detector.batch_size, "device": str(detector.device),
                            "precision": detector.precision, "compiled": detector.compiled},
             "checkpoint": checkpoint_identity(ckpt),
@@ -201,34 +222,49 @@ def main(argv: list[str] | None = None) -> int:
     fail = functools.partial(bad_input, "sss-detect")
     if args.batch_size is not None and args.batch_size < 1:
         return fail(f"--batch-size must be at least 1, not {args.batch_size}")
-    timesteps = args.consensus or (args.timestep,)
-    if args.votes is not None and not 1 <= args.votes <= len(timesteps):
-        return fail(f"--votes {args.votes} must be between 1 and the {len(timesteps)} consensus timesteps")
+    n_steps = len(args.consensus) if args.consensus else 1
+    if args.votes is not None and not 1 <= args.votes <= n_steps:
+        return fail(f"--votes {args.votes} must be between 1 and the {n_steps} consensus timesteps")
     if args.out.exists() and not args.out.is_dir():
         return fail(f"--out {args.out} is a file; give a folder")
+    inputs = [Path(v) for v in args.volumes]
+    loaded: dict[Path, tuple[LoadedCheckpoint, Detector]] = {}
+
+    def detector_for(volume: Path) -> tuple[LoadedCheckpoint, Detector, Settings]:
+        """The checkpoint for this input (loaded once per file) and the settings it runs at; raises ValueError."""
+        try:
+            path = args.checkpoint or default_checkpoint(volume)
+        except FileNotFoundError as err:           # nothing bundled and nothing chosen
+            raise CheckpointError(str(err)) from err
+        if path not in loaded:
+            loaded[path] = load_detector(path, args.device, args.batch_size, compile=args.compile,
+                                         precision=args.precision)
+        ckpt, detector = loaded[path]
+        settings = Settings.of(args, ckpt)
+        bad_t = [t for t in settings.timesteps if not 0 <= t < ckpt.preset.diffusion.timesteps]
+        if bad_t:
+            raise ValueError(f"timestep(s) {bad_t} outside [0, {ckpt.preset.diffusion.timesteps}); "
+                             "pick values in 250-400")
+        return ckpt, detector, settings
+
     try:
-        ckpt, detector = load_detector(args.checkpoint, args.device, args.batch_size, compile=args.compile,
-                                       precision=args.precision)
-    except ValueError as err:  # CheckpointError or the device
-        return fail(err)
-    bad_t = [t for t in timesteps if not 0 <= t < ckpt.preset.diffusion.timesteps]
-    if bad_t:
-        return fail(f"timestep(s) {bad_t} outside [0, {ckpt.preset.diffusion.timesteps}); pick values in 250-400")
-    try:
+        detector_for(inputs[0])                    # a bad checkpoint, device or timestep stops before any output
         args.out.mkdir(parents=True, exist_ok=True)
+    except ValueError as err:  # CheckpointError, the device or the timesteps
+        return fail(err)
     except OSError as err:
         return fail(f"cannot create the output folder {args.out} ({err.strerror}); check the path and permissions")
 
     pp = PostProcess(enabled=not args.no_postprocess)
-    inputs = [Path(v) for v in args.volumes]
     status = 0
     for path, outs in plan_outputs(inputs, args.out):
         if isinstance(outs, InputError):
             status = fail(outs)
             continue
         try:
-            report = process(path, outs, detector, ckpt, args, timesteps, pp)
-        except ValueError as err:  # VolumeError: the message names the file
+            ckpt, detector, settings = detector_for(path)
+            report = process(path, outs, detector, ckpt, args, settings, pp)
+        except ValueError as err:  # VolumeError (the message names the file), CheckpointError
             status = fail(err)
             continue
         except torch.OutOfMemoryError:

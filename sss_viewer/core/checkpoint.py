@@ -5,14 +5,14 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from . import resources
-from .anomaly import Detector
+from .anomaly import DEFAULT_THRESHOLD, DEFAULT_TIMESTEP, Detector
 from .config import DiffusionConfig, ModelConfig, NoiseConfig, Preset, PreprocessConfig, config_from_dict, config_to_dict
 from .files import atomic_write
 from .unet import UNet
@@ -25,6 +25,27 @@ class CheckpointError(ValueError):
     """A file that is not a usable sss-viewer checkpoint."""
 
 
+@dataclass(frozen=True)
+class Recommended:
+    """The settings a checkpoint is meant to run at (sss-calibrate measures them); tools use them by default."""
+    timestep: int = DEFAULT_TIMESTEP      # lambda of single-step sampling
+    threshold: float = DEFAULT_THRESHOLD  # squared-error threshold of the mask
+    source: str = "paper defaults"        # how they were chosen: data, false-alarm budget, command
+
+    @classmethod
+    def from_payload(cls, data: Any) -> Recommended:
+        """From a checkpoint's "recommended" entry (absent in older files: the paper's settings)."""
+        if data is None:
+            return cls()
+        try:
+            return cls(timestep=int(data["timestep"]), threshold=float(data["threshold"]), source=str(data["source"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"the checkpoint's recommended settings are damaged ({err})") from err
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"timestep": self.timestep, "threshold": self.threshold, "source": self.source}
+
+
 @dataclass
 class LoadedCheckpoint:
     model: UNet          # EMA weights, eval mode, on the requested device
@@ -33,6 +54,7 @@ class LoadedCheckpoint:
     provenance: str      # free text: data, command, machine
     path: Path
     sha256: str          # identity of the file, for reports
+    recommended: Recommended = field(default_factory=Recommended)  # default timestep and threshold
 
     @property
     def name(self) -> str:
@@ -57,11 +79,14 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 
 
 def save_checkpoint(path: str | os.PathLike, preset: Preset, ema_state: dict[str, torch.Tensor], step: int,
-                    provenance: str = "", extra: dict[str, Any] | None = None) -> None:
+                    provenance: str = "", extra: dict[str, Any] | None = None,
+                    recommended: Recommended | None = None) -> None:
     """Write the checkpoint atomically; extra holds training state (optimiser, RNG) for resuming."""
     payload = {"format": FORMAT, "version": VERSION, "configs": preset_to_dict(preset),
                "ema": {k: v.detach().cpu() for k, v in ema_state.items()}, "step": int(step),
                "provenance": provenance}
+    if recommended is not None:
+        payload["recommended"] = recommended.to_payload()
     if extra:
         payload["train_state"] = extra
     atomic_torch_save(payload, path)
@@ -109,19 +134,21 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     model.eval().to(device)
     return LoadedCheckpoint(model=model, preset=preset, step=int(payload.get("step", 0)),
                             provenance=str(payload.get("provenance", "")), path=Path(path),
-                            sha256=file_sha256(path))
+                            sha256=file_sha256(path),
+                            recommended=Recommended.from_payload(payload.get("recommended")))
 
 
 def load_detector(checkpoint: str | os.PathLike | None, device: str = "auto", batch_size: int | None = None,
-                  compile: bool = False, precision: str = "auto") -> tuple[LoadedCheckpoint, Detector]:
-    """The checkpoint (None: resources.default_checkpoint()) and a Detector running it on device (see
-    Detector for the other options).
+                  compile: bool = False, precision: str = "auto",
+                  volume: str | os.PathLike | None = None) -> tuple[LoadedCheckpoint, Detector]:
+    """The checkpoint (None: resources.default_checkpoint(volume), the one for that input) and a Detector
+    running it on device (see Detector for the other options).
 
     Raises CheckpointError when there is no usable checkpoint and ValueError for an unusable device,
     each with a one-line message that says what to do.
     """
     try:
-        path = resources.default_checkpoint() if checkpoint is None else checkpoint
+        path = resources.default_checkpoint(volume) if checkpoint is None else checkpoint
     except FileNotFoundError as err:  # no default checkpoint; the message says what to do
         raise CheckpointError(str(err)) from err
     try:

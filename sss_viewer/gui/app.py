@@ -51,7 +51,7 @@ def startup_files(args: argparse.Namespace) -> tuple[Path | None, Path | None, s
     checkpoint = args.checkpoint
     if checkpoint is None:
         try:
-            checkpoint = default_checkpoint()
+            checkpoint = default_checkpoint(volume)
         except FileNotFoundError as err:
             checkpoint_note = str(err)
     return volume, checkpoint, volume_note, checkpoint_note
@@ -65,13 +65,14 @@ def launch(args: argparse.Namespace, settings: Settings | None = None):
     window = MainWindow(settings, screenshot=args.screenshot)
     overrides = {k: v for k, v in (("timestep", args.timestep), ("threshold", args.threshold)) if v is not None}
     window.state.set(**overrides)
+    window.pinned_settings = set(overrides)
     window.show()
     if settings.warning:
         print(settings.warning, file=sys.stderr)
         window.show_warning(settings.warning)
     volume, checkpoint, volume_note, checkpoint_note = startup_files(args)
     window.start(volume, checkpoint, device=args.device, slice_index=args.slice, volume_note=volume_note,
-                 checkpoint_note=checkpoint_note)
+                 checkpoint_note=checkpoint_note, auto_checkpoint=args.checkpoint is None)
     return window
 
 

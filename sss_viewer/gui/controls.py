@@ -239,9 +239,11 @@ class ControlPanel(QScrollArea):
         elif model is None:
             self.model_label.setText(texts.MODEL_NONE)
         else:
+            rec = model.recommended
             self.model_label.setText(texts.MODEL_INFO.format(name=model.name, preset=model.preset,
-                                                             size=model.image_size, step=model.step))
-            self.model_label.setToolTip(str(model.path))
+                                                             size=model.image_size, step=model.step,
+                                                             timestep=rec.timestep, threshold=rec.threshold))
+            self.model_label.setToolTip(texts.MODEL_TOOLTIP.format(path=model.path, source=rec.source))
         self.device_label.setText(texts.DEVICE_ACTIVE.format(device=model.device, precision=model.precision)
                                   if model else "")
 

@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QMainWindow, QM
 
 from .. import __version__
 from ..core.anomaly import CONSENSUS_TIMESTEPS
+from ..core.resources import default_checkpoint
 from ..core.volume import NIFTI_SUFFIXES, VolumeError, write_nifti
 from . import texts
 from .controls import ControlPanel
@@ -76,6 +77,10 @@ class MainWindow(QMainWindow):
         self._export_after_run: Path | None = None
         self._initial_slice: int | None = None
         self._user_checkpoint: Path | None = None   # a checkpoint the user chose: the default once it loads
+        self._auto_checkpoint = False               # the checkpoint follows the volume (resources.default_checkpoint)
+        self._checkpoint_path: Path | None = None   # the checkpoint loaded or being loaded
+        self.pinned_settings: set[str] = set()      # state fields the command line set: no checkpoint overrides them
+        self._settings_from: Path | None = None     # the checkpoint whose recommended settings were applied
         self._checkpoint_note: str | None = None    # why no checkpoint was loaded at start
         self._error_box: QMessageBox | None = None
 
@@ -211,14 +216,15 @@ class MainWindow(QMainWindow):
     # Opening
     def start(self, volume: Path | None, checkpoint: Path | None, device: str | None = None,
               slice_index: int | None = None, volume_note: str | None = None,
-              checkpoint_note: str | None = None) -> None:
-        """Begin with these files (either may be None, with a note saying why): checkpoint first, then the volume."""
+              checkpoint_note: str | None = None, auto_checkpoint: bool = False) -> None:
+        """Begin with these files (either may be None, with a note saying why): checkpoint first, then the volume.
+        With auto_checkpoint, volumes opened later bring their own default checkpoint (demo or general)."""
         if device is not None:
             self.state.set(device=device)
         self._initial_slice = slice_index
+        self._auto_checkpoint = auto_checkpoint
         if checkpoint is not None:
-            self.controls.show_model(None, self.state.device, loading=checkpoint.name)
-            self.worker.load_checkpoint(checkpoint, self.state.device)
+            self._load_checkpoint(checkpoint)
         else:
             self._checkpoint_note = texts.STATUS_NO_CHECKPOINT.format(reason=checkpoint_note)
             self.statusBar().showMessage(self._checkpoint_note)
@@ -235,12 +241,23 @@ class MainWindow(QMainWindow):
 
     def open_volume(self, path: str | Path) -> None:
         self.statusBar().showMessage(texts.STATUS_OPENING.format(name=Path(path).name))
+        if self._auto_checkpoint:
+            try:
+                wanted = default_checkpoint(path)
+            except FileNotFoundError:
+                wanted = None
+            if wanted is not None and wanted != self._checkpoint_path:
+                self._load_checkpoint(wanted)                # queued first: the volume opens with it
         self.worker.open_volume(path)
 
     def open_checkpoint(self, path: str | Path) -> None:
         self._user_checkpoint = Path(path)
-        self.controls.show_model(self.session.model if self.session else None, self.state.device,
-                                 loading=Path(path).name)
+        self._auto_checkpoint = False
+        self._load_checkpoint(Path(path))
+
+    def _load_checkpoint(self, path: Path) -> None:
+        self._checkpoint_path = path
+        self.controls.show_model(self.session.model if self.session else None, self.state.device, loading=path.name)
         self.worker.load_checkpoint(path, self.state.device)
 
     def open_recent(self, path: str) -> None:
@@ -322,7 +339,12 @@ class MainWindow(QMainWindow):
             self._refresh_scores()
 
     def _model_loaded(self, session: Session) -> None:
-        model = session.model
+        model, rec = session.model, session.model.recommended
+        if model.path != self._settings_from:              # a new checkpoint, not a new device: its own settings
+            self.state.set(**{k: v for k, v in (("timestep", rec.timestep), ("threshold", rec.threshold))
+                              if k not in self.pinned_settings})
+            self._settings_from = model.path
+        self._checkpoint_path = model.path
         text = texts.STATUS_CHECKPOINT
         if self._user_checkpoint is not None and model.path == self._user_checkpoint:
             self.settings["default_checkpoint"] = str(model.path.resolve())
@@ -367,6 +389,7 @@ class MainWindow(QMainWindow):
         elif kind == "checkpoint":
             text = texts.ERROR_CHECKPOINT.format(message=message)
             self._user_checkpoint = None
+            self._checkpoint_path = self.session.model.path if self.session and self.session.model else None
             self.controls.show_model(self.session.model if self.session else None, self.state.device)
         elif kind == "device":
             text = texts.ERROR_DEVICE.format(message=message)

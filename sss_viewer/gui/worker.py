@@ -14,7 +14,7 @@ import torch
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from ..core.anomaly import Detector, resolve_device
-from ..core.checkpoint import LoadedCheckpoint, load_checkpoint
+from ..core.checkpoint import LoadedCheckpoint, Recommended, load_checkpoint
 from ..core.config import PRESETS, Preset, PreprocessConfig
 from ..core.volume import ModelVolume, Volume, load_volume, prepare
 from . import texts
@@ -45,6 +45,7 @@ class ModelInfo:
     step: int
     device: str  # the device the model runs on, e.g. "cpu", "cuda:0"
     precision: str  # its arithmetic: "bf16" or "fp32" (Detector.precision)
+    recommended: Recommended  # the timestep and threshold the checkpoint is meant to run at
 
 
 @dataclass(frozen=True, eq=False)
@@ -247,7 +248,8 @@ class InferenceWorker(QObject):
         self._checkpoint, self._detector, self._device = checkpoint, detector, device
         self._model_info = ModelInfo(name=checkpoint.name, path=checkpoint.path, preset=preset_name(checkpoint.preset),
                                      image_size=checkpoint.preset.model.image_size, step=checkpoint.step,
-                                     device=str(detector.device), precision=detector.precision)
+                                     device=str(detector.device), precision=detector.precision,
+                                     recommended=checkpoint.recommended)
 
     def _preprocess(self) -> PreprocessConfig:
         return self._checkpoint.preset.preprocess if self._checkpoint is not None else PreprocessConfig()

@@ -1,0 +1,68 @@
+"""sss-calibrate: the flagged share per threshold by hand, the threshold within the budget, and the written copy."""
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from sss_viewer.core.checkpoint import load_checkpoint, load_detector
+from sss_viewer.core.config import PRESETS
+from sss_viewer.core.volume import load_volume, prepare
+from trainer import calibrate as cal
+
+
+def test_flagged_share_by_hand():
+    brain = np.zeros((1, 12, 12), bool)
+    brain[0, 1:11, 1:11] = True                                          # 100 brain pixels
+    error = np.zeros((1, 12, 12), np.float32)
+    error[0, 4:7, 4:7] = 0.5                                             # a 3 x 3 block ...
+    error[0, 9, 9] = 0.2                                                 # ... and one weaker pixel
+    curve = dict(zip(cal.THRESHOLDS, cal.flagged_curve(error, brain)))
+    assert curve[0.1] == 0.25               # the largest region after the 3 x 3 dilation: the 5 x 5 block
+    assert curve[0.3] == 0.25 and curve[0.5] == 0.0 and curve[1.0] == 0.0
+
+
+def brain(path: Path, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    g = np.indices((30, 30, 12), dtype=np.float64)
+    inside = ((g[0] - 14.5) / 13) ** 2 + ((g[1] - 14.5) / 12) ** 2 < 1
+    data = np.where(inside, 100 + 10 * rng.normal(size=g[0].shape), 0).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
+    return path
+
+
+def test_threshold_is_the_smallest_within_the_budget(tmp_path, tiny_checkpoint):
+    ckpt, detector = load_detector(tiny_checkpoint(PRESETS["tiny"].preprocess), "cpu")
+    volumes = [(str(p), prepare(load_volume(p), ckpt.preset.preprocess))
+               for p in (brain(tmp_path / "a.nii.gz", 0), brain(tmp_path / "b.nii.gz", 1))]
+    result = cal.calibrate(detector, volumes, timestep=40, budget=0.02)
+    mean = np.mean(list(result.flagged.values()), axis=0)
+    k = cal.THRESHOLDS.index(result.threshold)
+    assert np.all(mean[k:] <= 0.02) and (k == 0 or mean[k - 1] > 0.02)
+    assert 0 < k and set(result.at(result.threshold)) == {v[0] for v in volumes}
+    with pytest.raises(ValueError, match="budget"):
+        cal.calibrate(detector, volumes, timestep=300, budget=1e-9)    # a model that flags everything
+
+
+def test_cli_writes_a_calibrated_copy(tmp_path, tiny_checkpoint, capsys):
+    source = tiny_checkpoint(PRESETS["tiny"].preprocess, step=5)
+    healthy = brain(tmp_path / "h.nii.gz", 2)
+    out = tmp_path / "calibrated.pt"
+    assert cal.main([str(source), "--healthy", str(healthy), "--out", str(out), "--budget", "0.05",
+                     "--timestep", "40", "--device", "cpu"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    loaded = load_checkpoint(out)
+    assert loaded.recommended.timestep == 40 and loaded.recommended.threshold == report["threshold"]
+    assert "5 %" in loaded.recommended.source and "h.nii.gz" not in loaded.recommended.source
+    assert loaded.step == 5 and all(torch.equal(a, b) for a, b in zip(loaded.model.state_dict().values(),
+                                                                      load_checkpoint(source).model.state_dict().values()))
+    before = source.read_bytes()
+    for argv in ([str(source), "--healthy", str(healthy), "--out", str(source)],          # never over the input
+                 [str(source), "--healthy", str(healthy), "--out", str(out), "--budget", "2"],
+                 [str(source), "--healthy", str(tmp_path / "none.nii.gz"), "--out", str(tmp_path / "x.pt")]):
+        assert cal.main(argv + ["--device", "cpu"]) == 2
+        assert len([line for line in capsys.readouterr().err.splitlines() if line.strip()]) == 1
+    assert source.read_bytes() == before and not (tmp_path / "x.pt").exists()

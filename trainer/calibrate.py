@@ -1,0 +1,125 @@
+"""sss-calibrate: the mask threshold of a checkpoint for a false-alarm budget on healthy volumes, stored in a copy."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from sss_viewer.cli import bad_input
+from sss_viewer.core.anomaly import PRECISION_HELP, PRECISIONS, PostProcess, make_mask
+from sss_viewer.core.checkpoint import Recommended, atomic_torch_save, load_detector, read_checkpoint
+from sss_viewer.core.volume import ModelVolume, prepare
+
+from .data import brain_mask_for, masked_volume
+
+THRESHOLDS = tuple(round(0.01 * k, 2) for k in range(1, 101))   # 0.01, 0.02, ..., 1.00
+DEFAULT_BUDGET = 0.005                                          # share of healthy brain pixels flagged
+
+
+@dataclass(frozen=True)
+class Calibration:
+    timestep: int
+    budget: float                          # largest mean share of healthy brain pixels flagged
+    threshold: float                       # the smallest threshold of THRESHOLDS within the budget
+    flagged: dict[str, list[float]]        # per volume: share of brain pixels flagged at each of THRESHOLDS
+
+    def at(self, threshold: float) -> dict[str, float]:
+        """Each volume's flagged share at one of THRESHOLDS."""
+        k = THRESHOLDS.index(threshold)
+        return {name: curve[k] for name, curve in self.flagged.items()}
+
+
+def flagged_curve(error: np.ndarray, brain: np.ndarray, pp: PostProcess = PostProcess()) -> list[float]:
+    """Share of brain pixels in the post-processed mask at each of THRESHOLDS; error and brain (n, S, S)."""
+    total = max(1, int(np.count_nonzero(brain)))
+    return [float(np.count_nonzero(make_mask(error, t, pp) & brain) / total) for t in THRESHOLDS]
+
+
+def calibrate(detector, volumes: Sequence[tuple[str, ModelVolume]], timestep: int, budget: float = DEFAULT_BUDGET,
+              seed: int = 0) -> Calibration:
+    """Run single-step sampling over every brain slice of healthy volumes; the threshold is the smallest of
+    THRESHOLDS from which on the mean flagged share (over volumes) stays within budget."""
+    flagged = {}
+    for name, volume in volumes:
+        first, last = volume.slice_range
+        with tqdm(total=last - first + 1, desc=Path(name).parent.name or name, unit="slice", file=sys.stderr,
+                  disable=None, leave=False) as bar:
+            rec = detector.reconstruct(volume.data[first:last + 1], timestep, seed=seed,
+                                       indices=range(first, last + 1), brain=volume.brain_mask[first:last + 1],
+                                       progress=lambda done, _total: bar.update(done - bar.n) or True)
+        flagged[name] = flagged_curve(rec.error, volume.brain_mask[first:last + 1])
+    mean = np.mean(list(flagged.values()), axis=0)                     # (len(THRESHOLDS),)
+    over = np.flatnonzero(mean > budget)
+    k = 0 if over.size == 0 else int(over[-1]) + 1
+    if k == len(THRESHOLDS):
+        raise ValueError(f"even the threshold {THRESHOLDS[-1]} flags {100 * mean[-1]:.2f} % of healthy brain "
+                         f"pixels, over the budget of {100 * budget:g} %; the checkpoint does not fit these scans")
+    return Calibration(timestep=timestep, budget=budget, threshold=THRESHOLDS[k], flagged=flagged)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sss-calibrate",
+        description="Choose a checkpoint's mask threshold on healthy volumes it was not trained on: the smallest "
+                    "threshold that flags at most --budget of their brain pixels (post-processed masks, mean over "
+                    "volumes). Writes a copy of the checkpoint that sss-detect, sss-eval and sss-viewer then run "
+                    "at this threshold and timestep by default, and prints the measurements as JSON.")
+    p.add_argument("checkpoint", type=Path, metavar="CKPT", help="checkpoint made by sss-train")
+    p.add_argument("--healthy", type=Path, nargs="+", required=True, metavar="PATH",
+                   help="healthy volumes NOT used in training (a brain mask beside one is applied, as in sss-train)")
+    p.add_argument("--out", type=Path, required=True, metavar="CKPT",
+                   help="the calibrated copy (never the input itself)")
+    p.add_argument("--budget", type=float, default=DEFAULT_BUDGET,
+                   help=f"largest share of healthy brain pixels flagged (default {DEFAULT_BUDGET})")
+    p.add_argument("--timestep", type=int, help="lambda to run at (default: the checkpoint's recommended one)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N] (default auto)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of sss-calibrate; 0 done, 2 bad input (nothing written then)."""
+    args = build_parser().parse_args(argv)
+    fail = functools.partial(bad_input, "sss-calibrate")
+    if not 0 < args.budget < 1:
+        return fail(f"--budget is a share of pixels between 0 and 1 (e.g. 0.005), not {args.budget}")
+    if args.out.exists() and args.out.resolve() == args.checkpoint.resolve():
+        return fail(f"--out {args.out} is the input checkpoint; write the calibrated copy to another file")
+    try:
+        ckpt, detector = load_detector(args.checkpoint, args.device, precision=args.precision)
+        timestep = ckpt.recommended.timestep if args.timestep is None else args.timestep
+        if not 0 <= timestep < ckpt.preset.diffusion.timesteps:
+            raise ValueError(f"--timestep {timestep} is outside [0, {ckpt.preset.diffusion.timesteps})")
+        volumes = [(str(p), prepare(masked_volume(p, brain_mask_for(p)), ckpt.preset.preprocess))
+                   for p in args.healthy]
+        result = calibrate(detector, volumes, timestep, args.budget, args.seed)
+    except ValueError as err:  # CheckpointError, VolumeError, the device, a budget no threshold meets
+        return fail(err)
+    names = ", ".join(Path(name).parent.name or name for name in result.flagged)
+    source = (f"sss-calibrate: threshold for at most {100 * args.budget:g} % of healthy brain pixels flagged "
+              f"(post-processed, lambda {timestep}, seed {args.seed}) on {len(volumes)} volume(s): {names}")
+    payload = read_checkpoint(args.checkpoint)
+    payload["recommended"] = Recommended(timestep=timestep, threshold=result.threshold, source=source).to_payload()
+    try:
+        atomic_torch_save(payload, args.out)
+    except OSError as err:
+        return fail(f"cannot write {args.out} ({err.strerror}); check the folder's permissions and free space")
+    report = {"checkpoint": str(args.checkpoint), "out": str(args.out), "timestep": timestep,
+              "budget": args.budget, "threshold": result.threshold, "flagged_at_threshold": result.at(result.threshold),
+              "thresholds": list(THRESHOLDS), "flagged": result.flagged, "device": str(detector.device),
+              "precision": detector.precision}
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
