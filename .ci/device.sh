@@ -7,6 +7,12 @@
 #                                                        healthy T1s), then every sss-bench part
 #   bash .ci/device.sh finetune DATA OUT TRAIN_S INIT    two template runs from INIT's weights (paper-strength
 #                                                        and unit-std noise), then the noise, sss and volume parts
+#   bash .ci/device.sh general SHARED_DATA OUT [TRAIN_S] [INIT]
+#                                                        the general T1 checkpoint: small (from INIT, default
+#                                                        resources/general_t1.pt) and medium (from scratch) side
+#                                                        by side on every healthy T1 but the held-out two, then
+#                                                        each calibrated on those two (half precision) and
+#                                                        sss-eval on the lesion-dev tumour cases (LAMBDA, 200)
 #   bash .ci/device.sh bench - OUT [REV]                 no training: the volume part (the UNet as it is and
 #                                                        compiled), the noise and sss parts, the CUDA tests, the
 #                                                        volume stages on the GPU beside REV's on the host
@@ -14,9 +20,10 @@
 # DATA holds the healthy T1s named in resources/README.md (<name>/t1.nii.gz); OUT receives logs, the trained
 # model.pt files and bench.json. Runs live in /tmp (full checkpoints are large). A dry run on a CPU:
 #   DEV=cpu BENCH=--quick bash .ci/device.sh full DATA OUT 20
+#   DEV=cpu BATCH=4 INIT=resources/demo_small.pt bash .ci/device.sh general ../shared/data OUT 40
 set -u
-MODE=$1 DATA=$2 OUT=$3 TRAIN_S=${4:-240} INIT=${5:-}
-DEV=${DEV:-cuda} BENCH=${BENCH:-}
+MODE=$1 DATA=$2 OUT=$3 TRAIN_S=${4:-240} INIT=${5:-${INIT:-}}
+DEV=${DEV:-cuda} BENCH=${BENCH:-} BATCH=${BATCH:-64}
 RUNS=/tmp/sss-runs T1=$DATA/mni152-2009a/t1.nii.gz
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 SSS_VIEWER_CACHE_DIR=/tmp/sss-cache
 mkdir -p "$OUT" "$RUNS"
@@ -24,7 +31,7 @@ stage() { echo "== [$SECONDS s] $*"; }
 
 train() {   # name, sss-train options...; SIGINT at the end of the budget saves model.pt (EMA weights)
     local name=$1; shift
-    timeout -s INT -k 60 "$TRAIN_S" python3 -m trainer.cli --out "$RUNS/$name" --preset small --batch-size 64 \
+    timeout -s INT -k 60 "$TRAIN_S" python3 -m trainer.cli --out "$RUNS/$name" --preset small --batch-size "$BATCH" \
         --steps 1000000 --lr 2e-4 --save-every 2000 --preview-every 2000 --log-every 50 --seed 0 "$@" \
         >"$OUT/train-$name.log" 2>&1
 }
@@ -34,6 +41,41 @@ python3 -c "import nibabel, opensimplex, platformdirs, tqdm, scipy, sss_viewer.c
 trainer.cli, trainer.demo" || exit 3
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
 python3 -c "import torch, platform; print(platform.python_version(), torch.__version__, torch.cuda.get_device_name())"
+
+if [ "$MODE" = general ]; then   # DATA is ../shared/data; the lists are resources/README.md's
+    H=$DATA/healthy W=$DATA/healthy-with-skull LAMBDA=${LAMBDA:-200} INIT=${INIT:-resources/general_t1.pt}
+    TRAIN="$H/mni152-2009a/t1.nii.gz $H/nfbs-A00028185/t1.nii.gz $H/ixi002/t1.nii.gz $H/voxelmorph-test/t1.nii.gz
+           $H/brainchop/t1.nii.gz $H/freesurfer-brainmask/t1.nii.gz $W/colin27/t1.nii.gz $W/ixi012-hh-1211/t1.nii.gz
+           $W/ixi013-hh-1212/t1.nii.gz $W/ixi014-hh-1236/t1.nii.gz $W/ixi015-hh-1258/t1.nii.gz
+           $W/ixi033-hh-1259/t1.nii.gz $W/ixi034-hh-1260/t1.nii.gz"
+    HELD_OUT="$W/ixi039-hh-1261/t1.nii.gz $W/niivue-fs-norm/t1.nii.gz"
+    stage "general: small from $INIT and medium from scratch, side by side for $TRAIN_S s"
+    # shellcheck disable=SC2086
+    train general-small --modality t1 --unit-noise --init "$INIT" --data $TRAIN &
+    # shellcheck disable=SC2086
+    train general-medium --modality t1 --unit-noise --preset medium --data $TRAIN &
+    wait
+    for name in general-small general-medium; do
+        tail -2 "$OUT/train-$name.log"; tail -1 "$RUNS/$name/log.jsonl"
+        stage "$name: calibrated on the held-out healthy scans at lambda $LAMBDA, half precision"
+        # shellcheck disable=SC2086
+        for budget in 0.005 0.02 0.1; do    # a looser budget when a model flags more than that everywhere
+            # shellcheck disable=SC2086
+            timeout 120 python3 -m trainer.calibrate "$RUNS/$name/model.pt" --healthy $HELD_OUT --out "$OUT/$name.pt" \
+                --timestep "$LAMBDA" --budget $budget --half --device "$DEV" > "$OUT/calibrate-$name.json" && break
+        done
+        grep -A3 '"threshold"' "$OUT/calibrate-$name.json"
+        for mod in t1 t1ce; do
+            timeout 120 python3 -m trainer.evaluate --manifest "$DATA/lesion-dev/manifest.csv" --modality $mod \
+                --cases brats25-00000,tcga-du-7294$([ $mod = t1ce ] && echo ,brats_2013_pat0001_1,brats_2013_pat0002_1,brats_2013_pat0003_1) \
+                --checkpoint "$OUT/$name.pt" --methods "sss${LAMBDA}_pp,sss150_pp,sss300_pp" --device "$DEV" \
+                --out "$RUNS/eval-$name-$mod" | tail -4
+        done
+    done
+    tar czf "$OUT/runs.tgz" -C "$RUNS" --exclude='*.pt' .
+    ls -la "$OUT"
+    exit 0
+fi
 
 if [ "$MODE" = bench ]; then   # the target first; each stage capped so that one cannot eat the lease
     REV=${4:-9caabd9}

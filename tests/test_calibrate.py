@@ -59,6 +59,14 @@ def test_cli_writes_a_calibrated_copy(tmp_path, tiny_checkpoint, capsys):
     assert "5 %" in loaded.recommended.source and "h.nii.gz" not in loaded.recommended.source
     assert loaded.step == 5 and all(torch.equal(a, b) for a, b in zip(loaded.model.state_dict().values(),
                                                                       load_checkpoint(source).model.state_dict().values()))
+    half = tmp_path / "half.pt"
+    assert cal.main([str(source), "--healthy", str(healthy), "--out", str(half), "--budget", "0.05",
+                     "--timestep", "40", "--device", "cpu", "--half"]) == 0
+    report_half = json.loads(capsys.readouterr().out)
+    stored = torch.load(half, weights_only=True)["ema"]
+    assert all(v.dtype == torch.float16 for v in stored.values() if v.is_floating_point())
+    assert half.stat().st_size < 0.6 * out.stat().st_size
+    assert load_checkpoint(half).recommended.threshold == report_half["threshold"]   # loads as fp32 weights
     before = source.read_bytes()
     for argv in ([str(source), "--healthy", str(healthy), "--out", str(source)],          # never over the input
                  [str(source), "--healthy", str(healthy), "--out", str(out), "--budget", "2"],

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from sss_viewer.cli import bad_input
@@ -83,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N] (default auto)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    p.add_argument("--half", action="store_true",
+                   help="store the weights in half precision (half the file; measured with the rounded weights)")
     return p
 
 
@@ -96,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"--out {args.out} is the input checkpoint; write the calibrated copy to another file")
     try:
         ckpt, detector = load_detector(args.checkpoint, args.device, precision=args.precision)
+        if args.half:
+            with torch.no_grad():                    # the detector runs this model: measure what will be stored
+                for tensor in ckpt.model.state_dict().values():
+                    if tensor.is_floating_point():
+                        tensor.copy_(tensor.half())
         timestep = ckpt.recommended.timestep if args.timestep is None else args.timestep
         if not 0 <= timestep < ckpt.preset.diffusion.timesteps:
             raise ValueError(f"--timestep {timestep} is outside [0, {ckpt.preset.diffusion.timesteps})")
@@ -109,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
               f"(post-processed, lambda {timestep}, seed {args.seed}) on {len(volumes)} volume(s): {names}")
     payload = read_checkpoint(args.checkpoint)
     payload["recommended"] = Recommended(timestep=timestep, threshold=result.threshold, source=source).to_payload()
+    if args.half:
+        payload["ema"] = {k: v.half() if v.is_floating_point() else v for k, v in payload["ema"].items()}
     try:
         atomic_torch_save(payload, args.out)
     except OSError as err:

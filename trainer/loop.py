@@ -58,6 +58,8 @@ PRESET_DEFAULTS: dict[str, dict[str, int]] = {
     "paper": dict(steps=300_000, batch_size=1, save_every=5_000, preview_every=5_000, log_every=100),
     # Two CPU cores: about one step of 8 slices per second when the machine is idle.
     "small": dict(steps=20_000, batch_size=8, save_every=500, preview_every=250, log_every=10),
+    # A GPU run's model (.ci/device.sh general sets its own batch size and length).
+    "medium": dict(steps=20_000, batch_size=32, save_every=1_000, preview_every=1_000, log_every=50),
     # Tests and smoke runs.
     "tiny": dict(steps=20, batch_size=4, save_every=10, preview_every=10, log_every=1),
 }

@@ -75,6 +75,12 @@ PRESETS: dict[str, Preset] = {
         model=ModelConfig(image_size=128, base_channels=32, channel_mult=(1, 2, 2, 4),
                           num_res_blocks=1, attention_resolutions=(16,), num_heads=2),
         preprocess=PreprocessConfig(image_size=128)),
+    # small's layout at 1.5x the width (7.07 M parameters, 14 MB in half precision): for GPU training runs
+    # (.ci/device.sh general).
+    "medium": Preset(
+        model=ModelConfig(image_size=128, base_channels=48, channel_mult=(1, 2, 2, 4),
+                          num_res_blocks=1, attention_resolutions=(16,), num_heads=2),
+        preprocess=PreprocessConfig(image_size=128)),
     # For tests: 32 px, 8 channels.
     "tiny": Preset(
         model=ModelConfig(image_size=32, base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
