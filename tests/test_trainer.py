@@ -284,6 +284,10 @@ def test_brain_mask_beside_an_image_is_found_and_applied(tmp_path, cache):
     for name in ("brainmask.nii.gz", "brainmask_t1.nii", "t1_brainmask.nii.gz"):      # lowest priority first
         mask = make_mask(tmp_path / "a" / name, make_brain(tmp_path / "ref.nii.gz", seed=3))
         assert brain_mask_for(img) == mask
+    other = make_brain(tmp_path / "a" / "IXI002-Guys-T1.nii.gz", seed=4)
+    assert brain_mask_for(other) == tmp_path / "a" / "brainmask.nii.gz"     # the folder's lone mask ...
+    own = make_mask(tmp_path / "a" / "IXI002-Guys-T1_brainmask.nii", other)
+    assert brain_mask_for(other) == own                                # ... unless it has its own
     volume = masked_volume(img, brain_mask_for(img))
     inside = nib.load(str(mask)).get_fdata() > 0
     assert volume.data.min() == 0 and np.count_nonzero(volume.data) == np.count_nonzero(inside)

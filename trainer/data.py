@@ -154,10 +154,11 @@ def find_volumes(specs: Sequence[str], modality: str | None = None) -> list[Path
 def brain_mask_for(path: str | os.PathLike) -> Path | None:
     """The brain mask lying beside a training image (module docstring), or None."""
     p = Path(path)
-    stem = "_".join(name_tokens(p.name)) if p.name.lower().endswith(NIFTI_SUFFIXES) else p.stem
+    suffix = next((x for x in NIFTI_SUFFIXES[::-1] if p.name.lower().endswith(x)), p.suffix)
+    stem = p.name[:len(p.name) - len(suffix)]
     for name in (f"{stem}_brainmask", f"brainmask_{stem}", "brainmask"):
-        for suffix in NIFTI_SUFFIXES[::-1]:
-            candidate = p.with_name(name + suffix)
+        for ext in NIFTI_SUFFIXES[::-1]:
+            candidate = p.with_name(name + ext)
             if candidate.is_file() and candidate.resolve() != p.resolve():
                 return candidate
     return None
@@ -208,12 +209,13 @@ def _open_entry(npy: Path, meta: Path, cfg: PreprocessConfig) -> tuple[np.ndarra
     try:
         info = json.loads(meta.read_text())
         slices = np.load(npy, mmap_mode="r")
-    except (OSError, ValueError):
+        first, z_ratio = int(info["first_slice"]), float(info["z_ratio"])
+    except (OSError, ValueError, KeyError, TypeError):
         return None
     size = cfg.image_size
     if slices.dtype != np.float32 or slices.shape[1:] != (size, size) or list(slices.shape) != info.get("shape"):
         return None
-    return slices, int(info["first_slice"]), float(info["z_ratio"])
+    return slices, first, z_ratio
 
 
 def cached_volume(path: str | os.PathLike, cfg: PreprocessConfig, folder: Path | None = None,
