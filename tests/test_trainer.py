@@ -443,3 +443,20 @@ def test_unknown_precision_is_a_clear_error(brains, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["--data", str(brains), "--out", str(tmp_path / "y"), "--precision", "fp16"])
     assert "invalid choice: 'fp16'" in capsys.readouterr().err
+
+
+def test_max_timestep_caps_the_training_timesteps(brains, tmp_path, monkeypatch):
+    from sss_viewer.core.diffusion import Diffusion
+    seen, real = [], Diffusion.q_sample
+
+    def spy(self, x0, t, eps):
+        seen.append(t.clone())
+        return real(self, x0, t, eps)
+
+    monkeypatch.setattr(Diffusion, "q_sample", spy)
+    model = train(tiny(brains, tmp_path / "capped", steps=6, max_timestep=3))
+    drawn = torch.cat(seen[:6])                                         # the steps' draws (previews come after)
+    assert drawn.max() < 3 and len(drawn.unique()) > 1
+    assert "timesteps below 3" in load_checkpoint(model).provenance
+    with pytest.raises(ValueError, match="max-timestep"):
+        train(tiny(brains, tmp_path / "bad", steps=1, max_timestep=0))

@@ -90,6 +90,7 @@ class TrainConfig:
     resume: bool = False                   # continue from the newest checkpoint in out
     init: Path | None = None               # a new run starting from this checkpoint's EMA weights (fine-tuning)
     unit_noise: bool = False               # simplex noise standardised to unit std (the preset's default: not)
+    max_timestep: int | None = None        # t ~ U{0, ..., max_timestep - 1}; None: the whole schedule (T)
     progress: bool | None = None           # tqdm bar; None: only when stderr is a terminal
     command: str = ""                      # command line recorded in the provenance
 
@@ -108,6 +109,7 @@ class TrainConfig:
                   (filled.preview_every >= 0, "--preview-every must be >= 0 (0: only at the end)"),
                   (filled.log_every >= 1, "--log-every must be at least 1"),
                   (filled.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
+                  (filled.max_timestep is None or filled.max_timestep >= 1, "--max-timestep must be at least 1"),
                   (not (filled.resume and filled.init), "--init starts a new run; drop it to --resume one")]
         for ok, message in checks:
             if not ok:
@@ -361,9 +363,11 @@ class Trainer:
             self.ema.load_state_dict(payload["ema"])
         self.step = int(payload["step"])
         self.sessions = list(state["sessions"])
-        changed = [f"{k} {state[k]} → {now}" for k, now in (("batch_size", self.cfg.batch_size),
+        changed = [f"{k} {state.get(k)} → {now}" for k, now in (("batch_size", self.cfg.batch_size),
                                                              ("world_size", self.ctx.world), ("seed", self.cfg.seed),
-                                                             ("augment", self.cfg.augment)) if state[k] != now]
+                                                             ("augment", self.cfg.augment),
+                                                             ("max_timestep", self.cfg.max_timestep))
+                   if state.get(k) != now]
         if changed and self.ctx.main:
             print(f"sss-train: resuming with {', '.join(changed)}: the continued run will differ from an "
                   "uninterrupted one", file=sys.stderr)
@@ -374,14 +378,14 @@ class Trainer:
 
     def train_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimiser step on a fresh batch; returns (loss, gradient norm before clipping) as device scalars."""
-        b, T = self.cfg.batch_size, self.diffusion.timesteps
+        b, T = self.cfg.batch_size, min(self.diffusion.timesteps, self.cfg.max_timestep or self.diffusion.timesteps)
         gen = torch.Generator().manual_seed(step_seed(self.cfg.seed, step, self.ctx.rank))
         torch.manual_seed(step_seed(self.cfg.seed, step, self.ctx.rank, stream=1))   # dropout, if configured
         tilt = AUGMENT.tilt_deg if self.cfg.augment else 0.0
         x0 = self.data.sample(b, gen, tilt_deg=tilt).to(self.device, non_blocking=True)   # (B, 1, S, S)
         if self.cfg.augment:
             x0 = augment(x0, gen, AUGMENT)                                                # (B, 1, S, S)
-        t = torch.randint(T, (b,), generator=gen)                                          # (B,) uniform on [0, T)
+        t = torch.randint(T, (b,), generator=gen)                   # (B,) uniform on [0, T), T capped by max_timestep
         eps = self.diffusion.noise_like(x0, t, generator=gen)                              # (B, 1, S, S)
         t = t.to(self.device)
         x_t = self.diffusion.q_sample(x0, t, eps).contiguous(memory_format=self.layout)    # (B, 1, S, S)
@@ -411,7 +415,8 @@ class Trainer:
                  f"noise {self.preset.noise.kind} (standardize={self.preset.noise.standardize})",
                  f"steps: {self.step}; batch {self.cfg.batch_size} x {self.ctx.world} process(es); AdamW lr "
                  f"{self.cfg.lr:g} betas {self.cfg.betas} wd {self.cfg.weight_decay:g}; EMA {self.cfg.ema_decay:g}; "
-                 f"grad clip {self.cfg.grad_clip:g}; seed {self.cfg.seed}; augment "
+                 f"grad clip {self.cfg.grad_clip:g}; seed {self.cfg.seed}; timesteps "
+                 + (f"below {self.cfg.max_timestep}" if self.cfg.max_timestep else "all") + "; augment "
                  + (str(AUGMENT) if self.cfg.augment else "off"),
                  f"wall time: {sum(s['wall_s'] for s in sessions):.0f} s in {len(sessions)} session(s)"]
         lines += [f"session {i + 1}: steps {s['start_step']}-{s['end_step']}, {s['wall_s']:.0f} s, "
@@ -434,7 +439,8 @@ class Trainer:
         provenance = self.provenance(sessions)
         extra = {"model": _to_cpu(self.model.state_dict()), "optimizer": _to_cpu(self.optimizer.state_dict()),
                  "preset_name": self.cfg.preset, "seed": self.cfg.seed, "batch_size": self.cfg.batch_size,
-                 "world_size": self.ctx.world, "augment": self.cfg.augment, "sessions": sessions,
+                 "world_size": self.ctx.world, "augment": self.cfg.augment, "max_timestep": self.cfg.max_timestep,
+                 "sessions": sessions,
                  "init": self.init_note, "data": [[str(v.path), v.sha256] for v in self.data.volumes]}
         ema_state = self.ema.state_dict()
         save_checkpoint(path, self.preset, ema_state, self.step, provenance, extra)
