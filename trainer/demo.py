@@ -94,7 +94,8 @@ def build(template: Path) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
 
 def check(checkpoint: Path, template: Path | None = None, volume: Path | None = None,
           mask: Path | None = None, device: str = "cpu", precision: str = "auto") -> dict:
-    """Demo quality at the default settings (lambda 300, threshold 0.3, post-processing), in model space.
+    """Demo quality at the checkpoint's recommended settings (the paper's lambda 300 and threshold 0.3 unless
+    sss-calibrate chose others) with post-processing, in model space.
 
     lesion_dice: mean slice-wise Dice of the mask on the slices that hold the lesion; lesion_slices_hit:
     share of those slices where the mask touches the lesion; score_lesion_vs_other: mean per-slice
@@ -107,11 +108,13 @@ def check(checkpoint: Path, template: Path | None = None, volume: Path | None = 
     vol = load_volume(volume or resource(DEMO_VOLUME))
     mv = prepare(vol, ckpt.preset.preprocess)
     truth = mv.mask_to_model(load_mask(mask or resource(DEMO_MASK), vol))    # (Z, S, S)
-    result = detect_volume(detector, mv)
+    rec = ckpt.recommended
+    result = detect_volume(detector, mv, (rec.timestep,), rec.threshold)
     lesion = [i for i, z in enumerate(result.slice_indices) if truth[z].any()]
     per_slice = [dice(result.mask[i], truth[result.first_slice + i]) for i in lesion]
     others = [i for i in range(len(result.scores)) if i not in set(lesion)]
     report = {"checkpoint": str(checkpoint), "step": ckpt.step, "precision": detector.precision,
+              "timestep": rec.timestep, "threshold": rec.threshold,
               "lesion_slices": len(lesion),
               "lesion_dice": float(np.mean(per_slice)), "lesion_dice_min": float(np.min(per_slice)),
               "volume_dice": dice(result.mask, truth[result.slice_indices]),
@@ -120,7 +123,7 @@ def check(checkpoint: Path, template: Path | None = None, volume: Path | None = 
               "score_lesion_vs_other": float(result.scores[lesion].mean() / result.scores[others].mean())}
     if template is not None:
         healthy = prepare(load_volume(template), ckpt.preset.preprocess)
-        clean = detect_volume(detector, healthy)
+        clean = detect_volume(detector, healthy, (rec.timestep,), rec.threshold)
         brain = healthy.brain_mask[clean.slice_indices]
         report["healthy_flagged"] = float(clean.mask[brain].mean())
         report["healthy_flagged_pixels_per_slice_median"] = float(np.median(clean.mask.sum(axis=(1, 2))))
