@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sss_viewer.core.resources import DEMO_CHECKPOINT, DEMO_MASK, DEMO_VOLUME
+from sss_viewer.core.resources import DEMO_CHECKPOINT, DEMO_MASK, DEMO_VOLUME, GENERAL_CHECKPOINT
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,10 +27,10 @@ def test_wheel_contains_the_demo_files(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     (wheel,) = (tmp_path / "dist").glob("sss_viewer-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for name in (DEMO_VOLUME, DEMO_MASK, DEMO_CHECKPOINT, "README.md"):
+    for name in (DEMO_VOLUME, DEMO_MASK, DEMO_CHECKPOINT, GENERAL_CHECKPOINT, "README.md"):
         assert f"sss_viewer/resources/{name}" in names, name
     assert "sss_viewer/core/unet.py" in names and "trainer/cli.py" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
-    for command in ("sss-viewer", "sss-train", "sss-detect", "sss-eval", "sss-bench"):
+    for command in ("sss-viewer", "sss-train", "sss-detect", "sss-eval", "sss-bench", "sss-calibrate"):
         assert f"{command} =" in text
