@@ -222,3 +222,87 @@ def test_each_input_gets_its_bundled_checkpoint(tmp_path, tiny_checkpoint, monke
     assert resources.default_checkpoint() == bundle / resources.GENERAL_CHECKPOINT      # no volume: a real scan
     (bundle / resources.GENERAL_CHECKPOINT).unlink()
     assert resources.default_checkpoint(other) == bundle / resources.DEMO_CHECKPOINT    # not installed: the demo's
+
+
+def write_dicom_series(folder: Path, native: np.ndarray, number: int, description: str, **tags) -> None:
+    """An axial DICOM series of a native (X, Y, Z) array: image k is slice z = k, rows along y (LPS, 1 mm)."""
+    from dicom_files import write_image
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(native.shape[2]):
+        write_image(folder / f"{number}_{k:03d}.dcm", native[:, :, k].T.round(), (0.0, 0.0, 2.0 * k),
+                    (1, 0, 0), (0, 1, 0), spacing=(1.0, 1.0), uid=f"1.2.826.0.1.{number}", number=number,
+                    description=description, instance=k + 1, **tags)
+
+
+def test_dicom_folder_in_nifti_out_on_the_series_grid(tmp_path, checkpoint, capsys):
+    study = tmp_path / "study"
+    write_dicom_series(study / "a", brain_volume(), 5, "t1_mprage_ax")
+    write_dicom_series(study / "b", brain_volume()[:, :, :6], 6, "flair_ax")
+    (study / "notes.txt").write_text("not DICOM")
+    out = tmp_path / "out"
+    base = ["--out", out, "--checkpoint", checkpoint, "--device", "cpu"]
+    status, errors = run([study, *base], capsys)                        # two fitting series: ambiguous
+    assert status == 2 and len(errors) == 1 and "#5" in errors[0] and "#6" in errors[0] and "--series" in errors[0]
+    assert not out.exists() or not any(out.iterdir())
+
+    status, errors = run([study, "--series", "5", *base], capsys)
+    assert status == 0 and errors == []
+    report = json.loads((out / "study.json").read_text())
+    assert report["input"]["kind"] == "dicom" and report["input"]["series"]["number"] == 5
+    assert report["modality"]["input"] == "t1" and "SeriesDescription" in report["modality"]["source"]
+    assert report["brain"]["verdict"] == "skull-stripped" and report["brain"]["extraction"] == "none"
+    mask = nib.load(str(out / "study_mask.nii.gz"))
+    assert mask.shape == (26, 30, 8)
+    x, y, z = 3, 4, 5          # dcm2niix's layout: rows bottom-up, so voxel (x, y, z) is pixel row 29 - y of image z
+    np.testing.assert_allclose(mask.affine @ [x, y, z, 1], [-x, -(29 - y), 2 * z, 1], atol=1e-4)   # RAS of LPS
+
+
+def test_brain_mask_file_skull_off_and_modality_warnings(tmp_path, checkpoint, capsys):
+    brain = brain_volume()
+    head = np.where(brain > 0, brain, 60.0).astype(np.float32)          # (X, Y, Z): everything outside is 'scalp'
+    src = save(head, tmp_path / "case_flair.nii.gz")
+    mask = save((brain > 0).astype(np.uint8), tmp_path / "case_brainmask.nii.gz")
+    t1_model = tmp_path / "t1.pt"
+    payload = torch.load(checkpoint, weights_only=True)
+    checkpoint_module.save_checkpoint(t1_model, checkpoint_module.preset_from_dict(payload["configs"]),
+                                      payload["ema"], step=0, modality="t1")
+    out = tmp_path / "out"
+    base = ["--out", out, "--checkpoint", t1_model, "--device", "cpu"]
+
+    status, errors = run([src, "--brain-mask", mask, *base], capsys)
+    assert status == 0 and len(errors) == 1 and "FLAIR" in errors[0] and "T1" in errors[0]
+    report = json.loads((out / "case_flair.json").read_text())
+    assert report["brain"]["extraction"].startswith("mask file") and report["brain"]["mode"] == "mask file"
+    assert report["brain"]["brain_ml"] == pytest.approx(np.count_nonzero(brain) * 2 / 1000)
+    assert report["modality"] == {"input": "flair", "source": "file name", "model": "t1",
+                                  "warning": errors[0].split(": ", 3)[-1]}
+    flagged = np.asarray(nib.load(str(out / "case_flair_mask.nii.gz")).dataobj) > 0
+    near_brain = ndimage.binary_dilation(brain > 0, iterations=2)      # the mask's 3×3 dilation may reach the rim
+    assert flagged.any() and not (flagged & ~near_brain).any()          # the 'scalp' is never flagged
+    assert not (out / "case_flair_brainmask.nii.gz").exists()            # the user's own mask is not copied
+
+    status, errors = run([src, mask, "--brain-mask", mask, *base], capsys)
+    assert status == 2 and "one scan" in errors[0]
+
+    status, errors = run([src, "--skull", "off", *base], capsys)
+    verdict = json.loads((out / "case_flair.json").read_text())["brain"]
+    assert status == 0 and verdict["mode"] == "off" and verdict["extraction"] == "none"
+
+
+@pytest.mark.parametrize("case", ["dicom/trio-b17", "with-skull/niivue-chris-t1.nii.gz"])
+def test_real_scan_with_skull_is_brain_extracted(real_data, tmp_path, capsys, case):
+    """A scanner's DICOM study and a NIfTI head, as a new user gives them: the brain is extracted first and the
+    bundled checkpoint flags at most 2 % of it (before extraction: the whole head)."""
+    out = tmp_path / "out"
+    status, errors = run([real_data / case, "--out", out, "--device", "cpu"], capsys)
+    assert status == 0 and errors == []
+    stem = detect.output_stem(Path(case))
+    report = json.loads((out / f"{stem}.json").read_text())
+    assert report["brain"]["verdict"] == "with skull" and report["brain"]["extraction"] == "deepbet"
+    assert 1000 < report["brain"]["brain_ml"] < 2000
+    assert report["lesion_volume_ml"] <= 0.02 * report["brain"]["brain_ml"]
+    brain = nib.load(str(out / f"{stem}_brainmask.nii.gz"))
+    if case.startswith("dicom"):                                        # the series' grid is dcm2niix's
+        reference = nib.load(str(real_data / "healthy-with-skull/dcm2nii-trio-b17/t1.nii.gz"))
+        assert brain.shape == reference.shape
+        np.testing.assert_allclose(brain.affine, reference.affine, atol=0.01)

@@ -8,7 +8,7 @@ from sss_viewer.core.anomaly import Detector, detect_volume
 from sss_viewer.core.checkpoint import load_checkpoint
 from sss_viewer.core.resources import DEMO_CHECKPOINT, DEMO_VOLUME, GENERAL_CHECKPOINT, default_checkpoint, resource
 from sss_viewer.core.volume import prepare
-from trainer.data import brain_mask_for, masked_volume
+from trainer.data import healthy_scan
 
 HELD_OUT_FLAGGED_CEILING = 0.01   # the target: at most 1 % of an unseen healthy brain flagged by default
 
@@ -31,7 +31,7 @@ def test_general_checkpoint_is_the_default_for_real_scans(general, tmp_path, mon
 
 def test_unseen_healthy_brain_is_quiet_at_the_default_settings(general, real_data):
     image = real_data / "healthy-with-skull" / "niivue-fs-norm" / "t1.nii.gz"   # not trained on; calibrated on
-    volume = prepare(masked_volume(image, brain_mask_for(image)), general.preset.preprocess)
+    volume = prepare(healthy_scan(image).volume, general.preset.preprocess)
     rec = general.recommended
     result = detect_volume(Detector(general.model, general.preset, "cpu"), volume, (rec.timestep,), rec.threshold)
     brain = volume.brain_mask[result.slice_indices]

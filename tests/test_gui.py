@@ -564,3 +564,76 @@ def test_demo_screenshot_shows_four_nonempty_panels(qtbot, tmp_path):
     assert w.session.volume.path == resource(DEMO_VOLUME)
     assert all(std > 5 for std in panel_contents(png, w.panel_rects()))
     w.close()
+
+
+def test_brain_mask_file_outline_and_modality_warning(qtbot, files, tmp_path):
+    """A scan with a 'skull' read through the user's brain mask: the original panel shows the scan as read with
+    the brain's outline, the model sees the brain alone; a FLAIR name under a T1 model raises a visible warning."""
+    brain = synthetic_brain()
+    head = np.where(brain > 0, brain, 180.0).astype(np.float32)       # (X, Y, Z): a bright "scalp" everywhere
+    scan = save_lps(head, tmp_path / "sub_flair.nii.gz")
+    mask = save_lps((brain > 0).astype(np.uint8), tmp_path / "sub_brainmask.nii.gz")
+    t1_model = tmp_path / "t1.pt"
+    weights = torch.load(files["checkpoint"], weights_only=True)["ema"]
+    save_checkpoint(t1_model, PRESETS["tiny"], weights, step=0, modality="t1")
+
+    w = MainWindow(Settings.load())
+    qtbot.addWidget(w)
+    w.show()
+    w.brain_menu.brain_mask = mask
+    w.brain_menu.mask_action.setChecked(True)
+    w.start(scan, t1_model, device="cpu")
+    wait_for(qtbot, lambda: w.shown is not None)
+    s = w.session
+    assert s.scan.extraction.startswith("mask file") and s.outline is not None and s.display is not None
+    z = w.state.slice
+    assert np.array_equal(w.panels.original_image.image, s.display[z])     # the scan as read, scalp included
+    assert s.display[z][~s.outline[z]].max() > s.model_volume.data[z][~s.outline[z]].max()
+    assert w.panels.brain_contour.data is not None and w.panels.brain_contour.data.max() == 1
+    assert "sub_brainmask.nii.gz" in w.input_label.text()
+    assert not w.notice.isHidden() and "FLAIR" in w.notice.text() and "T1" in w.notice.text()
+
+    key = s.key                                                         # Off: the scan as it is, no outline
+    w.brain_menu.set_mode("off")
+    wait_for(qtbot, lambda: w.session.key != key and w.shown is not None)
+    assert w.session.scan.brain is None and w.session.outline is None
+    assert w.panels.brain_contour.data is None
+    w.grab().save(str(tmp_path / "brain_outline.png"))
+    w.close()
+
+
+def test_dicom_folder_by_drop_with_series_dialog(qtbot, window, tmp_path, monkeypatch):
+    """A dropped study folder with two fitting series: the viewer asks which (a dialog), then reads that one."""
+    from dicom_files import write_image
+    from sss_viewer.gui import input_options
+
+    brain = synthetic_brain()                                          # canonical (X, Y, Z), 2 mm slices
+    for number, name, n in ((4, "t1_mprage_ax", 64), (9, "t2_tse_ax", 60)):
+        folder = tmp_path / "study" / name
+        folder.mkdir(parents=True)
+        for k in range(n):                                             # rows: posterior → anterior flipped (LPS)
+            write_image(folder / f"{k:03d}.dcm", brain[::-1, ::-1, k].T.round(), (14.0, 20.0, -60.0 + 2 * k),
+                        (1, 0, 0), (0, 1, 0), spacing=(1.0, 1.0), uid=f"1.2.826.0.9.{number}", number=number,
+                        description=name, instance=k + 1)
+    offered = []
+
+    def pick(parent, title, label, items, current, editable):
+        offered.extend(items)
+        return items[1], True
+    monkeypatch.setattr(input_options.QInputDialog, "getItem", pick)
+    w, key = window, window.session.key
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(tmp_path / "study"))])
+    enter = QDragEnterEvent(QPointF(50, 50), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                            Qt.KeyboardModifier.NoModifier)
+    QApplication.sendEvent(w, enter)
+    assert enter.isAccepted()
+    QApplication.sendEvent(w, QDropEvent(QPointF(50, 50), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                                         Qt.KeyboardModifier.NoModifier, QEvent.Type.Drop))
+    wait_for(qtbot, lambda: w.session.key != key and w.shown is not None)
+    assert offered == ['#4 "t1_mprage_ax" 64 images 32×28', '#9 "t2_tse_ax" 60 images 32×28']
+    scan = w.session.scan
+    assert scan.series.number == 9 and w.session.volume.data.shape == (28, 32, 60)
+    np.testing.assert_array_equal(w.session.volume.data, brain[:, :, :60].round())   # the same voxels, canonical
+    assert '#9 "t2_tse_ax"' in w.input_label.text()
+    assert w.notice.isHidden()                                          # the tiny model does not record a modality

@@ -20,11 +20,12 @@ from scipy import ndimage
 from sss_viewer.core.anomaly import Detector, native_bf16
 from sss_viewer.core.checkpoint import load_checkpoint, read_checkpoint
 from sss_viewer.core.config import PRESETS
+from sss_viewer.core.inputs import open_scan
 from sss_viewer.core.unet import UNet
 from trainer import cli
 from trainer import data as data_module
 from trainer.data import (Augment, CachedVolume, DataError, SliceSet, augment, brain_mask_for, cached_volume,
-                          find_volumes, is_mask_or_label, masked_volume, modality_of, oblique_plane)
+                          find_volumes, is_mask_or_label, modality_of, oblique_plane)
 from trainer.loop import Interrupted, TrainConfig, checkpoints, step_seed, train
 from trainer.png import encode_png, grid
 
@@ -97,6 +98,7 @@ def test_tiny_run_writes_checkpoint_that_loads_and_detects(brains, tmp_path):
         assert text in loaded.provenance, text
     assert f"{brains / 'sub0' / 'brainmask.nii.gz'}  sha256" not in loaded.provenance      # a mask, not a volume
     assert "sha256:" + sha + "  brain mask brainmask.nii.gz" in loaded.provenance            # applied to its image
+    assert loaded.modality == "t1"                                     # named by the files: recorded for the tools
 
     slices = cached_volume(brains / "sub0" / "t1.nii.gz", loaded.preset.preprocess).slices[:3]
     result = Detector(loaded.model, loaded.preset, device="cpu").reconstruct(np.array(slices), timestep=300)
@@ -288,7 +290,7 @@ def test_brain_mask_beside_an_image_is_found_and_applied(tmp_path, cache):
     assert brain_mask_for(other) == tmp_path / "a" / "brainmask.nii.gz"     # the folder's lone mask ...
     own = make_mask(tmp_path / "a" / "IXI002-Guys-T1_brainmask.nii", other)
     assert brain_mask_for(other) == own                                # ... unless it has its own
-    volume = masked_volume(img, brain_mask_for(img))
+    volume = open_scan(img, brain_mask=brain_mask_for(img)).volume
     inside = nib.load(str(mask)).get_fdata() > 0
     assert volume.data.min() == 0 and np.count_nonzero(volume.data) == np.count_nonzero(inside)
     cfg = PRESETS["tiny"].preprocess
@@ -299,12 +301,38 @@ def test_brain_mask_beside_an_image_is_found_and_applied(tmp_path, cache):
     empty = tmp_path / "a" / "empty_brainmask.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros(inside.shape, np.uint8), skull.affine), str(empty))
     with pytest.raises(ValueError, match="empty"):
-        masked_volume(img, empty)
+        open_scan(img, brain_mask=empty)
+
+
+def test_scan_without_mask_is_brain_extracted_when_it_has_a_skull(tmp_path, cache, monkeypatch):
+    """No mask beside a with-skull scan: the automatic check sends it to brain extraction (deepbet stood in for by
+    the true mask here), the cache entry records it, and a skull-stripped scan is used as it is."""
+    from sss_viewer.core import inputs
+    from sss_viewer.core.brain import Verdict
+
+    img = make_brain(tmp_path / "b" / "t1.nii.gz", seed=5)
+    clean = nib.load(str(img)).get_fdata()
+    brain = clean > 0                                                   # native (X, Y, Z) = canonical (RAS grid)
+    data = np.where(brain, clean, np.random.default_rng(1).uniform(30, 60, clean.shape))
+    nib.save(nib.Nifti1Image(data.astype(np.float32), nib.load(str(img)).affine), str(img))
+    calls = []
+    monkeypatch.setattr(inputs, "skull_verdict", lambda volume: Verdict(False, "a skull", {}))
+    monkeypatch.setattr(inputs, "extractor", lambda device="cpu": type("Fake", (), {
+        "mask": lambda self, volume: calls.append(volume) or brain})())
+    cfg = PRESETS["tiny"].preprocess
+    extracted = cached_volume(img, cfg)
+    assert extracted.extraction == "deepbet" and len(calls) == 1 and not extracted.from_cache
+    again = cached_volume(img, cfg)
+    assert again.from_cache and again.extraction == "deepbet" and len(calls) == 1   # the cache remembers it
+    assert np.array_equal(np.asarray(again.slices), np.asarray(extracted.slices))
+    monkeypatch.setattr(inputs, "skull_verdict", lambda volume: Verdict(True, "stripped", {}))
+    other = make_brain(tmp_path / "c" / "t1.nii.gz", seed=6)
+    assert cached_volume(other, cfg).extraction == "none" and len(calls) == 1
 
 
 def cached_pixel_mm(img: Path, mask: Path) -> float:
     from sss_viewer.core.volume import prepare
-    return prepare(masked_volume(img, mask), PRESETS["tiny"].preprocess).pixel_mm
+    return prepare(open_scan(img, brain_mask=mask).volume, PRESETS["tiny"].preprocess).pixel_mm
 
 
 def test_oblique_plane_samples_the_tilted_plane():

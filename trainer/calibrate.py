@@ -19,7 +19,7 @@ from sss_viewer.core.anomaly import PRECISION_HELP, PRECISIONS, PostProcess, mak
 from sss_viewer.core.checkpoint import Recommended, atomic_torch_save, load_detector, read_checkpoint
 from sss_viewer.core.volume import ModelVolume, prepare
 
-from .data import brain_mask_for, masked_volume
+from .data import healthy_scan
 
 THRESHOLDS = tuple(round(0.01 * k, 2) for k in range(1, 101))   # 0.01, 0.02, ..., 1.00
 DEFAULT_BUDGET = 0.005                                          # share of healthy brain pixels flagged
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         timestep = ckpt.recommended.timestep if args.timestep is None else args.timestep
         if not 0 <= timestep < ckpt.preset.diffusion.timesteps:
             raise ValueError(f"--timestep {timestep} is outside [0, {ckpt.preset.diffusion.timesteps})")
-        volumes = [(str(p), prepare(masked_volume(p, brain_mask_for(p)), ckpt.preset.preprocess))
+        volumes = [(str(p), prepare(healthy_scan(p).volume, ckpt.preset.preprocess))
                    for p in args.healthy]
         result = calibrate(detector, volumes, timestep, args.budget, args.seed)
     except ValueError as err:  # CheckpointError, VolumeError, the device, a budget no threshold meets

@@ -16,10 +16,11 @@ Which files are used (``find_volumes``):
   modality token. Without it, files naming two or more modalities are refused: a model of healthy T1
   and T2 at once learns neither. Intensity histograms are not compared.
 
-Brain masks beside an image (``brain_mask_for``): a scan with its skull is usable as it is when its
-brain mask lies in the same folder as ``<stem>_brainmask.nii[.gz]``, ``brainmask_<stem>.nii[.gz]`` or a
-lone ``brainmask.nii[.gz]``; voxels outside the mask become background before preprocessing, and the
-mask's hash is part of the cache key.
+Brains (``healthy_scan``): a scan with its skull is usable as it is when its brain mask lies in the same
+folder as ``<stem>_brainmask.nii[.gz]``, ``brainmask_<stem>.nii[.gz]`` or a lone ``brainmask.nii[.gz]``
+(``brain_mask_for``); voxels outside the mask become background before preprocessing, and the mask's hash
+is part of the cache key. A scan without a mask goes through ``inputs.open_scan``'s automatic check: deepbet
+extracts the brain when the scan still has its skull, as for every input of the other tools.
 """
 
 from __future__ import annotations
@@ -33,31 +34,28 @@ import os
 import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sss_viewer.core import brain as brain_module
+from sss_viewer.core import inputs as inputs_module
 from sss_viewer.core import volume as volume_module
 from sss_viewer.core.checkpoint import file_sha256
 from sss_viewer.core.config import PreprocessConfig, config_to_dict
 from sss_viewer.core.files import atomic_write
+from sss_viewer.core.modality import MODALITY_TOKENS, modality_of, name_tokens
 from sss_viewer.core.resources import cache_dir
-from sss_viewer.core.volume import NIFTI_SUFFIXES, Volume, VolumeError, load_mask, load_volume, prepare
+from sss_viewer.core.inputs import Scan, open_scan
+from sss_viewer.core.volume import NIFTI_SUFFIXES, prepare
 
 CACHE_VERSION = 2            # bump when the cache layout changes
 MIN_SLICES = 16              # fewer usable slices in all volumes together is refused as too small
 SKIP_PARTS = ("mask", "seg", "label", "lesion", "roi")
 SKIP_TOKENS = frozenset({"gm", "wm", "csf", "pve", "prob", "probseg", "dseg", "tissue"})
-MODALITY_TOKENS = {
-    "t1": "t1", "t1w": "t1", "t1n": "t1", "mprage": "t1", "spgr": "t1",
-    "t2": "t2", "t2w": "t2",
-    "flair": "flair", "t2f": "flair",
-    "pd": "pd", "pdw": "pd",
-    "t1ce": "t1ce", "t1gd": "t1ce", "t1c": "t1ce", "t1post": "t1ce",
-}
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
@@ -65,29 +63,9 @@ class DataError(ValueError):
     """Training data that cannot be used; the message names the files and what to do."""
 
 
-def name_tokens(name: str) -> list[str]:
-    """Lower-case alphanumeric tokens of a file name without its NIfTI suffix."""
-    lower = name.lower()
-    for suffix in NIFTI_SUFFIXES[::-1]:
-        if lower.endswith(suffix):
-            lower = lower[:-len(suffix)]
-            break
-    return [t for t in re.split(r"[^a-z0-9]+", lower) if t]
-
-
 def is_mask_or_label(path: str | os.PathLike) -> bool:
     """True for file names that mark masks, segmentations, label or tissue-probability maps (module docstring)."""
     return any(any(part in tok for part in SKIP_PARTS) or tok in SKIP_TOKENS for tok in name_tokens(Path(path).name))
-
-
-def modality_of(path: str | os.PathLike) -> str | None:
-    """Modality named by the file name's tokens, else by its folder's name; None when neither names one."""
-    p = Path(path)
-    for name in (p.name, p.parent.name):
-        found = {MODALITY_TOKENS[t] for t in name_tokens(name) if t in MODALITY_TOKENS}
-        if len(found) == 1:
-            return found.pop()
-    return None
 
 
 def normalise_modality(name: str) -> str:
@@ -164,18 +142,6 @@ def brain_mask_for(path: str | os.PathLike) -> Path | None:
     return None
 
 
-def masked_volume(path: str | os.PathLike, mask: str | os.PathLike | None) -> Volume:
-    """The volume with every voxel outside its brain mask set to the background (min(0, image minimum))."""
-    volume = load_volume(path)
-    if mask is None:
-        return volume
-    brain = load_mask(mask, like=volume)                                    # (X, Y, Z) bool
-    if not brain.any():
-        raise VolumeError(f"brain mask {mask} is empty; remove it or fix it")
-    fill = min(float(volume.data.min()), 0.0)
-    return replace(volume, data=np.where(brain, volume.data, np.float32(fill)).astype(np.float32))
-
-
 @dataclass(frozen=True)
 class CachedVolume:
     """One volume's usable axial slices in model space, memory-mapped from the cache."""
@@ -186,6 +152,7 @@ class CachedVolume:
     from_cache: bool           # False when this call preprocessed the file
     z_ratio: float = 1.0       # slice spacing / model pixel side (both mm): 3-D geometry of the stack
     mask: Path | None = None   # brain mask applied before preprocessing (brain_mask_for)
+    extraction: str = "none"   # how the brain was found: "mask file ...", "deepbet" or "none" (inputs.Scan)
 
     def __len__(self) -> int:
         return len(self.slices)
@@ -193,8 +160,9 @@ class CachedVolume:
 
 @functools.cache
 def _code_digest() -> str:
-    """Digest of the preprocessing source (volume.py): editing it invalidates every cache entry."""
-    return file_sha256(volume_module.__file__)[:16]
+    """Digest of the preprocessing source (reading, brain extraction, volume.py): editing it invalidates every
+    cache entry."""
+    return "".join(file_sha256(m.__file__)[:8] for m in (volume_module, brain_module, inputs_module))
 
 
 def cache_key(sha256: str, cfg: PreprocessConfig, mask_sha256: str = "") -> str:
@@ -204,23 +172,30 @@ def cache_key(sha256: str, cfg: PreprocessConfig, mask_sha256: str = "") -> str:
     return f"{sha256[:32]}-{hashlib.sha256(params.encode()).hexdigest()[:16]}"
 
 
-def _open_entry(npy: Path, meta: Path, cfg: PreprocessConfig) -> tuple[np.ndarray, int, float] | None:
-    """The memmapped slices, first slice and z ratio of a complete cache entry, or None when absent or damaged."""
+def healthy_scan(path: str | os.PathLike) -> Scan:
+    """A healthy scan reduced to its brain: through the brain mask beside it, else by the automatic check."""
+    return open_scan(path, brain_mask=brain_mask_for(path))
+
+
+def _open_entry(npy: Path, meta: Path, cfg: PreprocessConfig) -> tuple[np.ndarray, int, float, str] | None:
+    """The memmapped slices, first slice, z ratio and brain extraction of a complete cache entry, or None when
+    absent or damaged."""
     try:
         info = json.loads(meta.read_text())
         slices = np.load(npy, mmap_mode="r")
-        first, z_ratio = int(info["first_slice"]), float(info["z_ratio"])
+        first, z_ratio, extraction = int(info["first_slice"]), float(info["z_ratio"]), str(info["extraction"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
     size = cfg.image_size
     if slices.dtype != np.float32 or slices.shape[1:] != (size, size) or list(slices.shape) != info.get("shape"):
         return None
-    return slices, first, z_ratio
+    return slices, first, z_ratio, extraction
 
 
 def cached_volume(path: str | os.PathLike, cfg: PreprocessConfig, folder: Path | None = None,
                   mask: str | os.PathLike | None = None) -> CachedVolume:
-    """The volume's usable slices (ModelVolume.slice_range of ``prepare(masked_volume(path, mask), cfg)``), cached.
+    """The volume's usable slices (ModelVolume.slice_range of ``prepare(open_scan(path, brain_mask=mask).volume,
+    cfg)``), cached; without a mask the automatic check decides whether deepbet extracts the brain.
 
     Entries live in ``folder`` (default: ``cache_dir() / "slices"``) as ``<key>.npy`` + ``<key>.json``,
     key = ``cache_key`` (content hash + preprocessing), each written atomically, the .json last so it
@@ -231,14 +206,15 @@ def cached_volume(path: str | os.PathLike, cfg: PreprocessConfig, folder: Path |
     folder = cache_dir() / "slices" if folder is None else Path(folder)
     sha = file_sha256(path)
     mask = None if mask is None else Path(mask)
-    key = cache_key(sha, cfg, "" if mask is None else file_sha256(mask))
+    key = cache_key(sha, cfg, "auto" if mask is None else file_sha256(mask))
     npy, meta = folder / f"{key}.npy", folder / f"{key}.json"
     entry = _open_entry(npy, meta, cfg)
     if entry is not None:
         return CachedVolume(path=path, sha256=sha, slices=entry[0], first_slice=entry[1], from_cache=True,
-                            z_ratio=entry[2], mask=mask)
+                            z_ratio=entry[2], mask=mask, extraction=entry[3])
 
-    model_volume = prepare(masked_volume(path, mask), cfg)
+    scan = open_scan(path, brain_mask=mask)
+    model_volume = prepare(scan.volume, cfg)
     first, last = model_volume.slice_range
     z_ratio = model_volume.spacing[2] / model_volume.pixel_mm
     slices = np.ascontiguousarray(model_volume.data[first:last + 1], dtype=np.float32)   # (n, S, S)
@@ -256,11 +232,11 @@ def cached_volume(path: str | os.PathLike, cfg: PreprocessConfig, folder: Path |
                 old.with_suffix(".npy").unlink(missing_ok=True)
     atomic_write(npy, lambda f: np.save(f, slices))
     info = {"source": source, "sha256": sha, "first_slice": first, "shape": list(slices.shape), "z_ratio": z_ratio,
-            "mask": None if mask is None else str(mask.resolve()), "preprocess": config_to_dict(cfg),
-            "cache_version": CACHE_VERSION}
+            "mask": None if mask is None else str(mask.resolve()), "extraction": scan.extraction,
+            "preprocess": config_to_dict(cfg), "cache_version": CACHE_VERSION}
     atomic_write(meta, lambda f: f.write(json.dumps(info, indent=1).encode()))
     return CachedVolume(path=path, sha256=sha, slices=np.load(npy, mmap_mode="r"), first_slice=first,
-                        from_cache=False, z_ratio=z_ratio, mask=mask)
+                        from_cache=False, z_ratio=z_ratio, mask=mask, extraction=scan.extraction)
 
 
 class SliceSet:

@@ -28,10 +28,11 @@ from sss_viewer.core.checkpoint import load_detector, preset_to_dict
 from sss_viewer.core.config import PreprocessConfig
 from sss_viewer.core.files import atomic_write_text
 from sss_viewer.core.metrics import all_metrics, dice
-from sss_viewer.core.volume import ModelVolume, load_mask, load_volume, prepare
+from sss_viewer.core.inputs import open_scan
+from sss_viewer.core.volume import ModelVolume, load_mask, prepare
 
 from . import figures
-from .data import brain_mask_for, masked_volume
+from .data import healthy_scan
 from .png import upscale, write_png
 
 SLICES_PER_VOLUME = 4                                   # the paper: four equidistant slices per volume
@@ -176,8 +177,9 @@ class Case:
 
 
 def prepare_case(name: str, image: str | os.PathLike, mask: str | os.PathLike, cfg: PreprocessConfig) -> Case:
-    """Load an image and its mask (label > 0 is anomalous) into model space; raises ValueError naming the file."""
-    volume = load_volume(image)
+    """Load an image (a NIfTI file or a DICOM folder, its brain extracted when it has its skull) and its mask
+    (label > 0 is anomalous) into model space; raises ValueError naming the file."""
+    volume = open_scan(image).volume
     model_volume = prepare(volume, cfg)
     truth = model_volume.mask_to_model(load_mask(mask, like=volume))       # (Z, S, S)
     try:
@@ -578,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
             status = fail(f"case {row.case}: {err}")
     for path in args.healthy:
         try:
-            healthy.append((str(path), prepare(masked_volume(path, brain_mask_for(path)), ckpt.preset.preprocess)))
+            healthy.append((str(path), prepare(healthy_scan(path).volume, ckpt.preset.preprocess)))
         except ValueError as err:
             status = fail(err)
     if status:

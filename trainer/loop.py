@@ -41,7 +41,10 @@ from sss_viewer.core.diffusion import Diffusion
 from sss_viewer.core.unet import UNet, count_parameters
 from sss_viewer.core.volume import VolumeError
 
-from .data import Augment, DataError, SliceSet, augment, brain_mask_for, cached_volume, find_volumes
+from sss_viewer.core.modality import modality_of
+
+from .data import (Augment, DataError, SliceSet, augment, brain_mask_for, cached_volume, find_volumes,
+                   normalise_modality)
 from .png import grid, plot_loss, to_uint8, with_header, write_png
 
 AUGMENT = Augment()         # the augmentation of every step (with TrainConfig.augment), recorded in the provenance
@@ -330,6 +333,9 @@ class Trainer:
     def _load_data(self) -> SliceSet:
         """Find the volumes and fill the cache, each rank preprocessing its share; errors reach every rank."""
         files = find_volumes(self.cfg.data, self.cfg.modality)
+        named = {modality_of(f) for f in files} - {None}
+        self.modality = (normalise_modality(self.cfg.modality) if self.cfg.modality
+                         else named.pop() if len(named) == 1 else None)  # recorded in the checkpoint
         cfg = self.preset.preprocess
         mine, error = {}, None
         for i in range(self.ctx.rank, len(files), self.ctx.world):
@@ -424,6 +430,7 @@ class Trainer:
                   f"  machine: {s['machine']}" for i, s in enumerate(sessions)]
         lines.append(f"data: {self.data_summary}")
         lines += [f"  {v.path}  sha256:{v.sha256[:12]}" + (f"  brain mask {v.mask.name}" if v.mask else "")
+                  + ("  brain extracted by deepbet" if v.extraction == "deepbet" else "")
                   for v in self.data.volumes]
         if self.init_note:
             lines.append(self.init_note)
@@ -443,12 +450,13 @@ class Trainer:
                  "sessions": sessions,
                  "init": self.init_note, "data": [[str(v.path), v.sha256] for v in self.data.volumes]}
         ema_state = self.ema.state_dict()
-        save_checkpoint(path, self.preset, ema_state, self.step, provenance, extra)
+        save_checkpoint(path, self.preset, ema_state, self.step, provenance, extra, modality=self.modality)
         _replace_by_link(path, self.out / "last.pt")
         for _, old in checkpoints(self.out)[:-self.cfg.keep]:
             old.unlink(missing_ok=True)
         if final:
-            save_checkpoint(self.out / "model.pt", self.preset, ema_state, self.step, provenance)
+            save_checkpoint(self.out / "model.pt", self.preset, ema_state, self.step, provenance,
+                            modality=self.modality)
         return path
 
     @torch.no_grad()

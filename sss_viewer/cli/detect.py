@@ -1,4 +1,4 @@
-"""sss-detect: whole-volume anomaly detection for one or many NIfTI scans, written out as mask, error map and JSON."""
+"""sss-detect: whole-volume anomaly detection for NIfTI scans or DICOM folders, written out as mask, error map and JSON."""
 
 from __future__ import annotations
 
@@ -23,8 +23,10 @@ from sss_viewer.core.anomaly import (CONSENSUS_TIMESTEPS, DEFAULT_THRESHOLD, DEF
                                      PRECISIONS, Detector, PostProcess, detect_volume)
 from sss_viewer.core.checkpoint import CheckpointError, LoadedCheckpoint, load_detector, preset_to_dict
 from sss_viewer.core.files import atomic_write_text
+from sss_viewer.core.inputs import SKULL_HELP, SKULL_MODES, open_scan
+from sss_viewer.core.modality import check_modality
 from sss_viewer.core.resources import default_checkpoint
-from sss_viewer.core.volume import NIFTI_SUFFIXES, load_volume, prepare, write_nifti
+from sss_viewer.core.volume import NIFTI_SUFFIXES, prepare, write_nifti
 
 
 
@@ -48,8 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sss-detect",
         description="Detect anomalies in brain MRI volumes by single-step diffusion sampling. For each VOLUME "
                     "writes DIR/<stem>_mask.nii.gz (uint8 0/1), DIR/<stem>_error.nii.gz (float32 squared error) "
-                    "and DIR/<stem>.json, on the input's own voxel grid.")
-    p.add_argument("volumes", nargs="+", metavar="VOLUME", help="input scans (.nii or .nii.gz, skull-stripped)")
+                    "and DIR/<stem>.json, on the input's own voxel grid (and DIR/<stem>_brainmask.nii.gz when the "
+                    "brain was extracted).")
+    p.add_argument("volumes", nargs="+", metavar="VOLUME",
+                   help="input scans: .nii or .nii.gz files or DICOM folders (<stem>: the file or folder name)")
+    p.add_argument("--series", metavar="S",
+                   help="DICOM folders holding several series: the series number, UID or a part of its description "
+                        "(default: the one anatomical 3-D series; an error lists them when that is ambiguous)")
+    p.add_argument("--skull", choices=SKULL_MODES, default="auto", help=SKULL_HELP)
+    p.add_argument("--brain-mask", type=Path, metavar="FILE",
+                   help="your own brain mask (NIfTI on the input's grid, brain > 0) instead of extraction; "
+                        "one input only")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--checkpoint", type=Path, metavar="CKPT",
                    help="model checkpoint (default: the settings' default checkpoint, else the bundled one for the "
@@ -92,13 +103,16 @@ class Outputs:
     error: Path
     report: Path
 
+    brain: Path  # written only when the brain was extracted
+
     @classmethod
     def for_input(cls, path: Path, out_dir: Path) -> Outputs:
         stem = output_stem(path)
-        return cls(out_dir / f"{stem}_mask.nii.gz", out_dir / f"{stem}_error.nii.gz", out_dir / f"{stem}.json")
+        return cls(out_dir / f"{stem}_mask.nii.gz", out_dir / f"{stem}_error.nii.gz", out_dir / f"{stem}.json",
+                   out_dir / f"{stem}_brainmask.nii.gz")
 
-    def paths(self) -> tuple[Path, Path, Path]:
-        return self.mask, self.error, self.report
+    def paths(self) -> tuple[Path, Path, Path, Path]:
+        return self.mask, self.error, self.report, self.brain
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -160,7 +174,12 @@ def process(path: Path, outs: Outputs, detector: Detector, ckpt: LoadedCheckpoin
             settings: Settings, pp: PostProcess) -> dict:
     """Detect on one volume and write its three files; on any failure none of them is left behind."""
     t_start = time.perf_counter()
-    volume = load_volume(path)
+    scan = open_scan(path, args.series, args.skull, args.brain_mask, detector.device)
+    volume = scan.volume
+    modality = check_modality(scan.modality, scan.modality_source, ckpt.modality)
+    for warning in (scan.warning, modality.warning):
+        if warning:
+            print(f"sss-detect: warning: {path}: {warning}", file=sys.stderr)
     t_loaded = time.perf_counter()
     model_volume = prepare(volume, ckpt.preset.preprocess, device=detector.volume_device)
     t_prepared = time.perf_counter()
@@ -182,11 +201,16 @@ def process(path: Path, outs: Outputs, detector: Detector, ckpt: LoadedCheckpoin
     try:
         written.append(write_nifti(mask, volume, outs.mask, kind="mask"))
         written.append(write_nifti(error, volume, outs.error, kind="error"))
+        if scan.extraction == "deepbet":
+            written.append(write_nifti(scan.brain, volume, outs.brain, kind="mask"))
         n_voxels = int(np.count_nonzero(mask))
         t_written = time.perf_counter()
         report = {
-            "input": {"path": str(path.resolve()), "shape": list(volume.native_shape),
+            "input": {"path": str(path.resolve()), "kind": "dicom" if scan.series else "nifti",
+                      "series": scan.series_json(), "shape": list(volume.native_shape),
                       "axcodes": "".join(volume.axcodes), "voxel_mm": list(volume.spacing)},
+            "brain": scan.to_json(outs.brain.name if scan.extraction == "deepbet" else None),
+            "modality": modality.to_json(),
             "outputs": {"mask": outs.mask.name, "error": outs.error.name},
             "parameters": {"timesteps": list(timesteps), "consensus": len(timesteps) > 1,
                            "votes": (args.votes or len(timesteps) // 2 + 1) if len(timesteps) > 1 else None,
@@ -227,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"--votes {args.votes} must be between 1 and the {n_steps} consensus timesteps")
     if args.out.exists() and not args.out.is_dir():
         return fail(f"--out {args.out} is a file; give a folder")
+    if args.brain_mask is not None and len(args.volumes) > 1:
+        return fail("--brain-mask belongs to one scan; run the inputs one at a time")
     inputs = [Path(v) for v in args.volumes]
     loaded: dict[Path, tuple[LoadedCheckpoint, Detector]] = {}
 

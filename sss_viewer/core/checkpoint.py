@@ -55,6 +55,7 @@ class LoadedCheckpoint:
     path: Path
     sha256: str          # identity of the file, for reports
     recommended: Recommended = field(default_factory=Recommended)  # default timestep and threshold
+    modality: str | None = None  # the MR contrast it was trained on ("t1", ...); None when not recorded
 
     @property
     def name(self) -> str:
@@ -80,13 +81,16 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 
 def save_checkpoint(path: str | os.PathLike, preset: Preset, ema_state: dict[str, torch.Tensor], step: int,
                     provenance: str = "", extra: dict[str, Any] | None = None,
-                    recommended: Recommended | None = None) -> None:
-    """Write the checkpoint atomically; extra holds training state (optimiser, RNG) for resuming."""
+                    recommended: Recommended | None = None, modality: str | None = None) -> None:
+    """Write the checkpoint atomically; extra holds training state (optimiser, RNG) for resuming; modality is
+    the MR contrast of the training scans (sss_viewer.core.modality), when known."""
     payload = {"format": FORMAT, "version": VERSION, "configs": preset_to_dict(preset),
                "ema": {k: v.detach().cpu() for k, v in ema_state.items()}, "step": int(step),
                "provenance": provenance}
     if recommended is not None:
         payload["recommended"] = recommended.to_payload()
+    if modality is not None:
+        payload["modality"] = modality
     if extra:
         payload["train_state"] = extra
     atomic_torch_save(payload, path)
@@ -135,7 +139,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     return LoadedCheckpoint(model=model, preset=preset, step=int(payload.get("step", 0)),
                             provenance=str(payload.get("provenance", "")), path=Path(path),
                             sha256=file_sha256(path),
-                            recommended=Recommended.from_payload(payload.get("recommended")))
+                            recommended=Recommended.from_payload(payload.get("recommended")),
+                            modality=payload.get("modality") if isinstance(payload.get("modality"), str) else None)
 
 
 def load_detector(checkpoint: str | os.PathLike | None, device: str = "auto", batch_size: int | None = None,

@@ -315,6 +315,15 @@ class ModelVolume:
         out = _apply(operator, canonical.reshape(X * Y, Z), mode == "nearest", fill)  # (S·S, Z)
         return _transposed(out).reshape(Z, S, S)
 
+    def image_to_model(self, canonical: np.ndarray) -> np.ndarray:
+        """Another image on this volume's canonical grid (e.g. the scan before brain extraction) → (Z, S, S),
+        with this volume's contrast stretch and sampling (for display beside the model's input)."""
+        canonical = np.asarray(canonical, dtype=np.float32)
+        if canonical.shape != self.canonical_shape:
+            raise VolumeError(f"image shape {canonical.shape} is not the volume's canonical shape {self.canonical_shape}")
+        stretched = stretch_contrast(canonical, np.ones(canonical.shape, bool), *self.intensity_range)  # (X, Y, Z)
+        return self._to_model(stretched, "bilinear", -1.0)
+
     def mask_to_model(self, mask: np.ndarray) -> np.ndarray:
         """Canonical (X, Y, Z) label/mask (> 0 is inside) → (Z, S, S) bool, nearest neighbour, same transform."""
         mask = np.asarray(mask)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..core.anomaly import DEFAULT_THRESHOLD, DEFAULT_TIMESTEP
+from ..core.inputs import SKULL_MODES
 from ..core.resources import DEMO_CHECKPOINT, DEMO_VOLUME, default_checkpoint, resource, resource_dir
 from . import texts
 from .settings import THRESHOLD_RANGE, TIMESTEP_RANGE, Settings
@@ -26,6 +27,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="sss-viewer", description=texts.CLI_DESCRIPTION)
     parser.add_argument("volume", nargs="?", type=Path, help=texts.CLI_VOLUME)
     parser.add_argument("--checkpoint", type=Path, help=texts.CLI_CHECKPOINT)
+    parser.add_argument("--series", help=texts.CLI_SERIES)
+    parser.add_argument("--skull", choices=SKULL_MODES, default="auto", help=texts.CLI_SKULL)
+    parser.add_argument("--brain-mask", type=Path, metavar="FILE", help=texts.CLI_BRAIN_MASK)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None, help=texts.CLI_DEVICE)
     parser.add_argument("--slice", type=_ranged(int, 0, 1 << 30), default=None, help=texts.CLI_SLICE)
     parser.add_argument("--timestep", type=_ranged(int, *TIMESTEP_RANGE), default=None,
@@ -63,6 +67,11 @@ def launch(args: argparse.Namespace, settings: Settings | None = None):
 
     settings = Settings.load(repair=args.screenshot is None) if settings is None else settings
     window = MainWindow(settings, screenshot=args.screenshot)
+    if args.brain_mask is not None:
+        window.brain_menu.brain_mask = args.brain_mask
+        window.brain_menu.mask_action.setChecked(True)
+    else:
+        window.brain_menu.modes[args.skull].setChecked(True)
     overrides = {k: v for k, v in (("timestep", args.timestep), ("threshold", args.threshold)) if v is not None}
     window.state.set(**overrides)
     window.pinned_settings = set(overrides)
@@ -72,7 +81,7 @@ def launch(args: argparse.Namespace, settings: Settings | None = None):
         window.show_warning(settings.warning)
     volume, checkpoint, volume_note, checkpoint_note = startup_files(args)
     window.start(volume, checkpoint, device=args.device, slice_index=args.slice, volume_note=volume_note,
-                 checkpoint_note=checkpoint_note, auto_checkpoint=args.checkpoint is None)
+                 checkpoint_note=checkpoint_note, auto_checkpoint=args.checkpoint is None, series=args.series)
     return window
 
 

@@ -18,6 +18,7 @@ from ..core.volume import NIFTI_SUFFIXES, VolumeError, write_nifti
 from . import texts
 from .controls import ControlPanel
 from .coords import voxel_at
+from .input_options import BrainMenu, ask_series, input_summary
 from .panels import ImagePanels, MarkedSlider, ScorePlot
 from .results import SliceView
 from .settings import Settings
@@ -133,7 +134,16 @@ class MainWindow(QMainWindow):
         viewer = QWidget()
         column = QVBoxLayout(viewer)
         column.setContentsMargins(0, 0, 0, 0)
+        self.notice = QLabel("")                     # warnings about the input the user must see (modality, skull)
+        self.notice.setWordWrap(True)
+        self.notice.setStyleSheet("background: #fff3c4; color: #5c4400; padding: 4px 8px; border-radius: 3px")
+        self.notice.hide()
+        self.input_label = QLabel("")                # how the brain was found
+        self.input_label.setWordWrap(True)
+        self.input_label.setStyleSheet("color: #555")
+        column.addWidget(self.notice)
         column.addWidget(self.panels, 1)
+        column.addWidget(self.input_label)
         column.addWidget(self.score_plot)
         column.addLayout(slice_row)
 
@@ -169,6 +179,9 @@ class MainWindow(QMainWindow):
     def _build_menus(self) -> None:
         file_menu = self.menuBar().addMenu(texts.MENU_FILE)
         self._add_action(file_menu, texts.ACTION_OPEN, self._open_volume_dialog, QKeySequence.StandardKey.Open)
+        self._add_action(file_menu, texts.ACTION_OPEN_DICOM, self._open_dicom_dialog, "Ctrl+Shift+O")
+        self.brain_menu = BrainMenu(file_menu.addMenu(texts.MENU_BRAIN), self)
+        self.brain_menu.changed.connect(self._reopen)
         self.recent_menu = file_menu.addMenu(texts.MENU_RECENT)
         self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
         self._fill_recent_menu()
@@ -216,7 +229,7 @@ class MainWindow(QMainWindow):
     # Opening
     def start(self, volume: Path | None, checkpoint: Path | None, device: str | None = None,
               slice_index: int | None = None, volume_note: str | None = None,
-              checkpoint_note: str | None = None, auto_checkpoint: bool = False) -> None:
+              checkpoint_note: str | None = None, auto_checkpoint: bool = False, series: str | None = None) -> None:
         """Begin with these files (either may be None, with a note saying why): checkpoint first, then the volume.
         With auto_checkpoint, volumes opened later bring their own default checkpoint (demo or general)."""
         if device is not None:
@@ -231,7 +244,7 @@ class MainWindow(QMainWindow):
             if self._screenshot:
                 self._finish_screenshot(False, checkpoint_note or texts.ERROR_NO_MODEL)
         if volume is not None:
-            self.open_volume(volume)
+            self.open_volume(volume, series)
         else:
             self.message.setText(volume_note or texts.EMPTY_NO_VOLUME)
             if volume_note:
@@ -239,8 +252,16 @@ class MainWindow(QMainWindow):
             if self._screenshot:
                 self._finish_screenshot(False, volume_note or texts.ERROR_NO_VOLUME)
 
-    def open_volume(self, path: str | Path) -> None:
-        self.statusBar().showMessage(texts.STATUS_OPENING.format(name=Path(path).name))
+    def open_volume(self, path: str | Path, series: str | None = None) -> None:
+        """Open a NIfTI file or a DICOM folder (asking for the series when several fit) with the brain menu's options."""
+        path = Path(path)
+        if path.is_dir() and series is None:
+            try:
+                series = ask_series(self, path, ask=not self._read_only)
+            except VolumeError as err:
+                self.show_error(texts.ERROR_VOLUME.format(message=err), str(err))
+                return
+        self.statusBar().showMessage(texts.STATUS_OPENING.format(name=path.name))
         if self._auto_checkpoint:
             try:
                 wanted = default_checkpoint(path)
@@ -248,7 +269,15 @@ class MainWindow(QMainWindow):
                 wanted = None
             if wanted is not None and wanted != self._checkpoint_path:
                 self._load_checkpoint(wanted)                # queued first: the volume opens with it
-        self.worker.open_volume(path)
+        self.worker.open_volume(path, self.brain_menu.options(series))
+
+    def _reopen(self) -> None:
+        """The brain-extraction choice changed: read the volume on show again (same file, same series) with it."""
+        scan = self.session.scan if self.session else None
+        if scan is not None and scan.original.path is not None:
+            series = scan.series
+            self.open_volume(scan.original.path, None if series is None
+                             else str(series.number if series.number is not None else series.uid))
 
     def open_checkpoint(self, path: str | Path) -> None:
         self._user_checkpoint = Path(path)
@@ -261,7 +290,7 @@ class MainWindow(QMainWindow):
         self.worker.load_checkpoint(path, self.state.device)
 
     def open_recent(self, path: str) -> None:
-        if not Path(path).is_file():
+        if not Path(path).exists():
             self.settings.remove_recent(path)
             self._save_settings()
             self.show_error(texts.ERROR_RECENT_MISSING.format(path=path))
@@ -271,6 +300,11 @@ class MainWindow(QMainWindow):
     def _open_volume_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, texts.DIALOG_OPEN_VOLUME, self.settings["last_directory"],
                                               texts.FILTER_NIFTI)
+        if path:
+            self.open_volume(path)
+
+    def _open_dicom_dialog(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, texts.DIALOG_OPEN_DICOM, self.settings["last_directory"])
         if path:
             self.open_volume(path)
 
@@ -285,12 +319,12 @@ class MainWindow(QMainWindow):
         return [Path(u.toLocalFile()) for u in event.mimeData().urls() if u.isLocalFile()]
 
     def dragEnterEvent(self, event) -> None:
-        if any(p.name.lower().endswith(NIFTI_SUFFIXES + (".pt",)) for p in self._dropped(event)):
+        if any(p.is_dir() or p.name.lower().endswith(NIFTI_SUFFIXES + (".pt",)) for p in self._dropped(event)):
             event.acceptProposedAction()
 
     def dropEvent(self, event) -> None:
         for path in self._dropped(event):
-            if path.name.lower().endswith(NIFTI_SUFFIXES):
+            if path.is_dir() or path.name.lower().endswith(NIFTI_SUFFIXES):
                 self.open_volume(path)
             elif path.suffix.lower() == ".pt":
                 self.open_checkpoint(path)
@@ -318,6 +352,8 @@ class MainWindow(QMainWindow):
             self.state.set(device=session.device)
         if session.model is not None and (old is None or session.model is not old.model):
             self._model_loaded(session)
+        if old is None or session.scan is not old.scan or session.model is not old.model:
+            self._show_input_notes(session)
         if new_geometry:
             mv = session.model_volume
             first, last = mv.slice_range
@@ -353,6 +389,12 @@ class MainWindow(QMainWindow):
             self._user_checkpoint = None
             text = texts.STATUS_CHECKPOINT_DEFAULT
         self.statusBar().showMessage(text.format(name=model.name, preset=model.preset, device=model.device))
+
+    def _show_input_notes(self, session: Session) -> None:
+        line, warnings = input_summary(session)
+        self.input_label.setText(line)
+        self.notice.setText("\n".join(texts.WARNING_PREFIX + w for w in warnings))
+        self.notice.setVisible(bool(warnings))
 
     def _volume_opened(self, session: Session) -> None:
         volume, mv = session.volume, session.model_volume
@@ -505,7 +547,8 @@ class MainWindow(QMainWindow):
         if s is None or s.model_volume is None:
             return
         z = self.state.slice
-        self.panels.set_original(s.model_volume.data[z])
+        self.panels.set_original(s.model_volume.data[z] if s.display is None else s.display[z],
+                                 None if s.outline is None else s.outline[z])
         self._update_cursor_label(None)
         self._request_id += 1
         self._failed = False

@@ -17,6 +17,7 @@ HEAT_RANGE = (0.0, 1.0)           # heat-map colour range; the threshold slider 
 HEAT_COLORMAP = "inferno"
 MASK_COLOR = (255, 64, 64)        # overlay fill
 CONTOUR_COLOR = (80, 255, 120)    # overlay contour: green stands out on grey and differs from the fill
+BRAIN_COLOR = (90, 200, 255)      # outline of an extracted brain (dashed): cyan, apart from the mask's green
 LETTER_COLOR = "#f0c040"
 BAND_COLOR = QColor(90, 160, 255, 110)
 COLORBAR_WIDTH = 64               # colour bar with its axis; the other panels reserve the same width
@@ -115,8 +116,11 @@ class ImagePanels(QWidget):
         self.mask_fill = pg.ImageItem()
         self.mask_contour = pg.IsocurveItem(level=0.5, pen=pg.mkPen(CONTOUR_COLOR, width=2))
         self.mask_contour.setPos(0.5, 0.5)   # isocurve vertices sit on pixel centres; ImageItem pixels span [i, i + 1)
+        self.brain_contour = pg.IsocurveItem(level=0.5, pen=pg.mkPen(BRAIN_COLOR, width=1.5, style=Qt.PenStyle.DashLine))
+        self.brain_contour.setPos(0.5, 0.5)
         self.colorbar.setImageItem(self.heat_image)
         self.original.view.addItem(self.original_image)
+        self.original.view.addItem(self.brain_contour)
         self.recon.view.addItem(self.recon_image)
         self.heat.view.addItem(self.heat_image)
         for item in (self.mask_base, self.mask_fill, self.mask_contour):
@@ -173,6 +177,7 @@ class ImagePanels(QWidget):
         for item in (self.original_image, self.recon_image, self.heat_image, self.mask_base, self.mask_fill):
             item.clear()
         self.mask_contour.setData(None)
+        self.brain_contour.setData(None)
         self._mask = None
         self.reset_view()
 
@@ -183,9 +188,11 @@ class ImagePanels(QWidget):
             if item.image is not None:
                 item.setLevels(self._levels)
 
-    def set_original(self, image: np.ndarray) -> None:
+    def set_original(self, image: np.ndarray, brain: np.ndarray | None = None) -> None:
+        """The slice as read (S, S), with the outline of the brain the model was given when it was extracted."""
         self.original_image.setImage(image, levels=self._levels, autoLevels=False)
         self.mask_base.setImage(image, levels=self._levels, autoLevels=False)
+        self.brain_contour.setData(None if brain is None else brain.astype(np.float32))
 
     def set_result(self, recon: np.ndarray, heat: np.ndarray) -> None:
         self.recon_image.setImage(recon, levels=self._levels, autoLevels=False)

@@ -10,13 +10,15 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from ..core.anomaly import Detector, resolve_device
 from ..core.checkpoint import LoadedCheckpoint, Recommended, load_checkpoint
 from ..core.config import PRESETS, Preset, PreprocessConfig
-from ..core.volume import ModelVolume, Volume, load_volume, prepare
+from ..core.inputs import Scan, open_scan
+from ..core.volume import ModelVolume, Volume, prepare
 from . import texts
 from .results import ResultCache, SliceResult
 
@@ -46,6 +48,7 @@ class ModelInfo:
     device: str  # the device the model runs on, e.g. "cpu", "cuda:0"
     precision: str  # its arithmetic: "bf16" or "fp32" (Detector.precision)
     recommended: Recommended  # the timestep and threshold the checkpoint is meant to run at
+    modality: str | None      # the MR contrast it was trained on; None when the file does not say
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,6 +61,9 @@ class Session:
     device: str                  # the device asked for: "auto", "cpu" or "cuda"
     cache: ResultCache
     notes: tuple[str, ...] = ()  # warnings raised while opening the volume (e.g. 4-D input)
+    scan: Scan | None = None     # how the volume was read: series, brain extraction, modality
+    display: np.ndarray | None = None  # (Z, S, S) the scan before brain extraction, model space; None: not extracted
+    outline: np.ndarray | None = None  # (Z, S, S) bool the brain mask applied, model space; None: not extracted
 
 
 @dataclass(frozen=True)
@@ -82,8 +88,17 @@ class VolumeRun:
 
 
 @dataclass(frozen=True)
+class InputOptions:
+    """How a volume is read: DICOM series, brain extraction mode, or the user's own brain mask."""
+    series: str | None = None
+    skull: str = "auto"              # inputs.SKULL_MODES
+    brain_mask: Path | None = None
+
+
+@dataclass(frozen=True)
 class _OpenVolume:
     path: Path
+    options: InputOptions = InputOptions()
 
 
 @dataclass(frozen=True)
@@ -139,7 +154,10 @@ class InferenceWorker(QObject):
         self._model_info: ModelInfo | None = None
         self._device = "auto"
         self._volume: Volume | None = None
+        self._scan: Scan | None = None
         self._model_volume: ModelVolume | None = None
+        self._display: np.ndarray | None = None
+        self._outline: np.ndarray | None = None
         self._notes: tuple[str, ...] = ()
         self.cpu_chunk = CPU_CHUNK
         self._session = Session(key=0, volume=None, model_volume=None, model=None, device="auto",
@@ -157,8 +175,8 @@ class InferenceWorker(QObject):
             self._jobs.append(job)
             self._cond.notify()
 
-    def open_volume(self, path: str | Path) -> None:
-        self._push(_OpenVolume(Path(path)))
+    def open_volume(self, path: str | Path, options: InputOptions = InputOptions()) -> None:
+        self._push(_OpenVolume(Path(path), options))
 
     def load_checkpoint(self, path: str | Path, device: str) -> None:
         self._push(_LoadCheckpoint(Path(path), device))
@@ -240,7 +258,8 @@ class InferenceWorker(QObject):
         old = self._session
         self._session = Session(key=old.key + 1 if new_results else old.key, volume=self._volume,
                                 model_volume=self._model_volume, model=self._model_info, device=self._device,
-                                cache=ResultCache() if new_results else old.cache, notes=self._notes)
+                                cache=ResultCache() if new_results else old.cache, notes=self._notes,
+                                scan=self._scan, display=self._display, outline=self._outline)
         self.session_changed.emit(self._session)
 
     def _use_model(self, checkpoint: LoadedCheckpoint, detector: Detector, device: str) -> None:
@@ -249,28 +268,39 @@ class InferenceWorker(QObject):
         self._model_info = ModelInfo(name=checkpoint.name, path=checkpoint.path, preset=preset_name(checkpoint.preset),
                                      image_size=checkpoint.preset.model.image_size, step=checkpoint.step,
                                      device=str(detector.device), precision=detector.precision,
-                                     recommended=checkpoint.recommended)
+                                     recommended=checkpoint.recommended, modality=checkpoint.modality)
 
     def _preprocess(self) -> PreprocessConfig:
         return self._checkpoint.preset.preprocess if self._checkpoint is not None else PreprocessConfig()
 
+    @staticmethod
+    def _geometry(scan: Scan, cfg: PreprocessConfig) -> tuple[ModelVolume, np.ndarray | None, np.ndarray | None]:
+        """Model-space volume of the scan, and (when its brain was extracted) the scan before it and the outline."""
+        mv = prepare(scan.volume, cfg)
+        if scan.brain is None:
+            return mv, None, None
+        return mv, mv.image_to_model(scan.original.data), mv.mask_to_model(scan.brain)  # (Z, S, S) twice
+
     def _open_volume(self, job: _OpenVolume) -> None:
+        device = self._detector.device if self._detector is not None else "cpu"
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            volume = load_volume(job.path)
-            model_volume = prepare(volume, self._preprocess())
-        self._volume, self._model_volume = volume, model_volume
+            o = job.options
+            scan = open_scan(job.path, o.series, o.skull, o.brain_mask, device)
+            geometry = self._geometry(scan, self._preprocess())
+        self._scan, self._volume = scan, scan.volume
+        self._model_volume, self._display, self._outline = geometry
         self._notes = tuple(str(w.message) for w in caught)
         self._publish(new_results=True)
 
     def _load_checkpoint(self, job: _LoadCheckpoint) -> None:
         ckpt = load_checkpoint(job.path, "cpu")
         detector = Detector(ckpt.model, ckpt.preset, job.device)
-        model_volume = self._model_volume
-        if self._volume is not None and model_volume.cfg != ckpt.preset.preprocess:
-            model_volume = prepare(self._volume, ckpt.preset.preprocess)
+        geometry = (self._model_volume, self._display, self._outline)
+        if self._scan is not None and self._model_volume.cfg != ckpt.preset.preprocess:
+            geometry = self._geometry(self._scan, ckpt.preset.preprocess)
         self._use_model(ckpt, detector, job.device)
-        self._model_volume = model_volume
+        self._model_volume, self._display, self._outline = geometry
         self._publish(new_results=True)
 
     def _set_device(self, job: _SetDevice) -> None:
