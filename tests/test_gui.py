@@ -338,6 +338,14 @@ def test_checkpoint_follows_the_volume_and_brings_its_settings(qtbot, files, tmp
     w.state.set(device="auto")                                          # ... across a device change
     wait_for(qtbot, lambda: w.session.device == "auto")
     assert w.state.threshold == 0.25
+    broken = tmp_path / "broken_patient.nii.gz"                         # a failed open: the checkpoint of the
+    broken.write_bytes(b"not a NIfTI")                                  # volume on show comes back
+    chosen[str(broken)] = files["checkpoint"]
+    with qtbot.waitSignal(w.error_shown, timeout=WAIT):
+        w.open_volume(broken)
+    wait_for(qtbot, lambda: w.session.model.path == general and w._checkpoint_path == general)
+    assert w.session.volume.path == patient
+    w._error_box.close()
     w.open_checkpoint(files["checkpoint2"])                             # chosen by hand: no more switching
     wait_for(qtbot, lambda: w.session.model.path == files["checkpoint2"])
     w.open_volume(files["volume"])

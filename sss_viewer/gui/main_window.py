@@ -428,6 +428,7 @@ class MainWindow(QMainWindow):
     def _on_failed(self, kind: str, job, message: str) -> None:
         if kind == "volume":
             text = texts.ERROR_VOLUME.format(message=message)
+            self._restore_auto_checkpoint()
         elif kind == "checkpoint":
             text = texts.ERROR_CHECKPOINT.format(message=message)
             self._user_checkpoint = None
@@ -445,6 +446,18 @@ class MainWindow(QMainWindow):
         else:
             text = texts.ERROR_RUN.format(message=message)
         self.show_error(text, message)
+
+    def _restore_auto_checkpoint(self) -> None:
+        """A volume failed to open after its checkpoint was queued: go back to the one for the volume on show."""
+        volume = self.session.volume if self.session else None
+        if not self._auto_checkpoint or volume is None or volume.path is None:
+            return
+        try:
+            wanted = default_checkpoint(volume.path)
+        except FileNotFoundError:
+            return
+        if wanted != self._checkpoint_path:
+            self._load_checkpoint(wanted)
 
     def show_warning(self, text: str) -> None:
         """A problem the user should see that needs no action (e.g. settings reset); never in --screenshot runs."""
