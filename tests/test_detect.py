@@ -306,3 +306,22 @@ def test_real_scan_with_skull_is_brain_extracted(real_data, tmp_path, capsys, ca
         reference = nib.load(str(real_data / "healthy-with-skull/dcm2nii-trio-b17/t1.nii.gz"))
         assert brain.shape == reference.shape
         np.testing.assert_allclose(brain.affine, reference.affine, atol=0.01)
+
+
+def test_noise_draws_from_the_command_line_or_the_checkpoint(tmp_path, checkpoint, capsys):
+    src = save(brain_volume(), tmp_path / "sub-01_T1w.nii.gz")
+    base = [src, "--checkpoint", checkpoint, "--device", "cpu"]
+    status, errors = run([*base, "--out", tmp_path / "a", "--draws", "0"], capsys)
+    assert status == 2 and "--draws" in errors[0]
+    assert run([*base, "--out", tmp_path / "one"], capsys)[0] == 0
+    assert run([*base, "--out", tmp_path / "two", "--draws", "2"], capsys)[0] == 0
+    one, two = (json.loads((tmp_path / d / "sub-01_T1w.json").read_text()) for d in ("one", "two"))
+    assert one["parameters"]["draws"] == 1 and two["parameters"]["draws"] == 2
+    e1, e2 = (np.asarray(nib.load(str(tmp_path / d / "sub-01_T1w_error.nii.gz")).dataobj) for d in ("one", "two"))
+    assert not np.allclose(e1, e2)
+    payload = torch.load(checkpoint, weights_only=True)                 # a checkpoint calibrated with 2 draws
+    payload["recommended"] = {"timestep": 300, "threshold": 0.3, "source": "test", "draws": 2}
+    torch.save(payload, tmp_path / "k2.pt")
+    assert run([src, "--checkpoint", tmp_path / "k2.pt", "--device", "cpu", "--out", tmp_path / "k2"], capsys)[0] == 0
+    k2 = tmp_path / "k2" / "sub-01_T1w_error.nii.gz"
+    assert np.array_equal(np.asarray(nib.load(str(k2)).dataobj), e2)

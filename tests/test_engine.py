@@ -150,6 +150,23 @@ def test_detector_result_independent_of_batching(tiny_preset):
     np.testing.assert_allclose(whole.error, (slices - whole.recon) ** 2, rtol=1e-6)
 
 
+def test_noise_draws_average_single_steps_with_their_own_seeds(tiny_preset):
+    """K draws: x0_hat is the mean of K single steps, draw j seeded as the paper's step at seed + j * DRAW_SEED_STEP;
+    K = 1 is the paper's single step exactly; progress counts K calls per slice."""
+    from sss_viewer.core.anomaly import DRAW_SEED_STEP
+    model, slices = model_and_slices(tiny_preset)
+    det = functools.partial(Detector, model, tiny_preset, device="cpu", precision="fp32", batch_size=2)
+    draws = [det().reconstruct(slices, 250, seed=3 + j * DRAW_SEED_STEP).recon for j in range(3)]
+    calls = []
+    three = det(draws=3).reconstruct(slices, 250, seed=3, progress=lambda done, total: calls.append((done, total)))
+    np.testing.assert_allclose(three.recon, np.mean(draws, axis=0), atol=1e-5)
+    np.testing.assert_allclose(three.error, (slices - three.recon) ** 2, rtol=1e-5, atol=1e-7)
+    assert calls[-1] == (3 * len(slices), 3 * len(slices))
+    assert np.array_equal(det(draws=1).reconstruct(slices, 250, seed=3).recon, draws[0])
+    with pytest.raises(ValueError, match="at least 1"):
+        det(draws=0)
+
+
 def test_compiled_detector_pads_to_one_shape_and_matches_eager(tiny_preset):
     """torch.compile (inductor, C++ on a CPU; tens of seconds): 5 slices in batches of 3, the last padded."""
     model, slices = model_and_slices(tiny_preset)

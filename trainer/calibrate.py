@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N] (default auto)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    p.add_argument("--draws", type=int, default=1, metavar="K",
+                   help="noise draws averaged per slice, stored with the threshold (default 1)")
     p.add_argument("--half", action="store_true",
                    help="store the weights in half precision (half the file; measured with the rounded weights)")
     return p
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.exists() and args.out.resolve() == args.checkpoint.resolve():
         return fail(f"--out {args.out} is the input checkpoint; write the calibrated copy to another file")
     try:
-        ckpt, detector = load_detector(args.checkpoint, args.device, precision=args.precision)
+        ckpt, detector = load_detector(args.checkpoint, args.device, precision=args.precision, draws=args.draws)
         if args.half:
             with torch.no_grad():                    # the detector runs this model: measure what will be stored
                 for tensor in ckpt.model.state_dict().values():
@@ -114,16 +116,18 @@ def main(argv: list[str] | None = None) -> int:
         return fail(err)
     names = ", ".join(Path(name).parent.name or name for name in result.flagged)
     source = (f"sss-calibrate: threshold for at most {100 * args.budget:g} % of healthy brain pixels flagged "
-              f"(post-processed, lambda {timestep}, seed {args.seed}) on {len(volumes)} volume(s): {names}")
+              f"(post-processed, lambda {timestep}, {args.draws} noise draw(s), seed {args.seed}) on {len(volumes)} "
+              f"volume(s): {names}")
     payload = read_checkpoint(args.checkpoint)
-    payload["recommended"] = Recommended(timestep=timestep, threshold=result.threshold, source=source).to_payload()
+    payload["recommended"] = Recommended(timestep=timestep, threshold=result.threshold, source=source,
+                                         draws=args.draws).to_payload()
     if args.half:
         payload["ema"] = {k: v.half() if v.is_floating_point() else v for k, v in payload["ema"].items()}
     try:
         atomic_torch_save(payload, args.out)
     except OSError as err:
         return fail(f"cannot write {args.out} ({err.strerror}); check the folder's permissions and free space")
-    report = {"checkpoint": str(args.checkpoint), "out": str(args.out), "timestep": timestep,
+    report = {"checkpoint": str(args.checkpoint), "out": str(args.out), "timestep": timestep, "draws": args.draws,
               "budget": args.budget, "threshold": result.threshold, "flagged_at_threshold": result.at(result.threshold),
               "thresholds": list(THRESHOLDS), "flagged": result.flagged, "device": str(detector.device),
               "precision": detector.precision}

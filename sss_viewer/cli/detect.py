@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-postprocess", action="store_true", help="skip the 3x3 dilation and largest-region step")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N] (default auto)")
     p.add_argument("--seed", type=int, default=0, help="noise seed; equal seeds give equal results (default 0)")
+    p.add_argument("--draws", type=int, default=None, metavar="K",
+                   help="noise draws per slice: the reconstruction is the mean of K single steps with different "
+                        "noise (K model calls; default: the checkpoint's recommended number, else 1, the paper's)")
     p.add_argument("--batch-size", type=int, default=None, metavar="B",
                    help="slices per model call (default 4 on a CPU, 16 on CUDA)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
@@ -215,7 +218,7 @@ def process(path: Path, outs: Outputs, detector: Detector, ckpt: LoadedCheckpoin
             "parameters": {"timesteps": list(timesteps), "consensus": len(timesteps) > 1,
                            "votes": (args.votes or len(timesteps) // 2 + 1) if len(timesteps) > 1 else None,
                            "threshold": settings.threshold, "settings_from": settings.source,
-                           "postprocess": pp.enabled, "seed": args.seed,
+                           "postprocess": pp.enabled, "seed": args.seed, "draws": detector.draws,
                            "batch_size": detector.batch_size, "device": str(detector.device),
                            "precision": detector.precision, "compiled": detector.compiled},
             "checkpoint": checkpoint_identity(ckpt),
@@ -246,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     fail = functools.partial(bad_input, "sss-detect")
     if args.batch_size is not None and args.batch_size < 1:
         return fail(f"--batch-size must be at least 1, not {args.batch_size}")
+    if args.draws is not None and args.draws < 1:
+        return fail(f"--draws must be at least 1, not {args.draws}")
     n_steps = len(args.consensus) if args.consensus else 1
     if args.votes is not None and not 1 <= args.votes <= n_steps:
         return fail(f"--votes {args.votes} must be between 1 and the {n_steps} consensus timesteps")
@@ -264,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             raise CheckpointError(str(err)) from err
         if path not in loaded:
             loaded[path] = load_detector(path, args.device, args.batch_size, compile=args.compile,
-                                         precision=args.precision)
+                                         precision=args.precision, draws=args.draws)
         ckpt, detector = loaded[path]
         settings = Settings.of(args, ckpt)
         bad_t = [t for t in settings.timesteps if not 0 <= t < ckpt.preset.diffusion.timesteps]

@@ -26,6 +26,7 @@ PRECISIONS = ("auto", "fp32", "bf16")     # the UNet's arithmetic; auto: bf16 wh
 PRECISION_HELP = ("the UNet's arithmetic: auto (default) is bf16 on a GPU and on a CPU with AMX/AVX-512 BF16, "
                   "else fp32; fp32 reproduces full-precision results everywhere")
 _SEED_MIX = (0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D)   # odd multipliers for hashing (seed, slice, timestep)
+DRAW_SEED_STEP = 1_000_003   # noise draw j of seed s uses seed s + j * DRAW_SEED_STEP (draw 0: the seed itself)
 
 
 @dataclass(frozen=True)
@@ -276,9 +277,13 @@ class Detector:
     """Runs single-step sampling (or the iterative chain) batched over slices on one device."""
 
     def __init__(self, model: torch.nn.Module, preset: Preset, device: str | torch.device = "auto",
-                 batch_size: int | None = None, compile: bool = False, precision: str = "auto"):
+                 batch_size: int | None = None, compile: bool = False, precision: str = "auto", draws: int = 1):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        if draws < 1:
+            raise ValueError(f"the number of noise draws must be at least 1, not {draws}")
+        # Single step with K noise draws: x0_hat = mean over j of x0_hat(seed + j * DRAW_SEED_STEP), K model calls.
+        self.draws = draws
         self.device = resolve_device(device)
         self.preset = preset
         self.diffusion = Diffusion(preset.diffusion, preset.noise)
@@ -331,7 +336,7 @@ class Detector:
                 progress: Callable[[int, int], bool] | None = None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         """reconstruct's batches as they finish: (first slice's place, x0_hat (b, S, S), E (b, S, S)) on this
         device, from slices and brain on the host or already there."""
-        calls_per_slice = timestep + 1 if iterative else 1
+        calls_per_slice = timestep + 1 if iterative else self.draws
         done, total = 0, len(slices) * calls_per_slice
         for start in range(0, len(slices), self.batch_size):
             idx = indices[start:start + self.batch_size]
@@ -347,10 +352,13 @@ class Detector:
                         if progress is not None and progress(done, total) is False:
                             raise InterruptedError("cancelled")
                 else:
-                    x0_hat = self.diffusion.single_step(self._eps, x0, timestep, seeds=seeds)
-                    done += len(idx)
-                    if progress is not None and progress(done, total) is False:
-                        raise InterruptedError("cancelled")
+                    x0_hat = torch.zeros_like(x0)                           # (b, 1, S, S) mean over the draws
+                    for j in range(self.draws):
+                        draw_seeds = seeds if j == 0 else slice_seeds(seed + j * DRAW_SEED_STEP, idx, timestep)
+                        x0_hat += self.diffusion.single_step(self._eps, x0, timestep, seeds=draw_seeds) / self.draws
+                        done += len(idx)
+                        if progress is not None and progress(done, total) is False:
+                            raise InterruptedError("cancelled")
                 err = heat_map(x0, x0_hat)[:, 0]                             # (b, S, S)
                 if brain is not None:
                     err *= self._on_device(brain[start:start + len(idx)], torch.bool)

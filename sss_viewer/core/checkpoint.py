@@ -31,6 +31,7 @@ class Recommended:
     timestep: int = DEFAULT_TIMESTEP      # lambda of single-step sampling
     threshold: float = DEFAULT_THRESHOLD  # squared-error threshold of the mask
     source: str = "paper defaults"        # how they were chosen: data, false-alarm budget, command
+    draws: int = 1                        # noise draws averaged per slice (Detector.draws); 1: the paper's
 
     @classmethod
     def from_payload(cls, data: Any) -> Recommended:
@@ -38,12 +39,13 @@ class Recommended:
         if data is None:
             return cls()
         try:
-            return cls(timestep=int(data["timestep"]), threshold=float(data["threshold"]), source=str(data["source"]))
+            return cls(timestep=int(data["timestep"]), threshold=float(data["threshold"]), source=str(data["source"]),
+                       draws=int(data.get("draws", 1)))
         except (KeyError, TypeError, ValueError) as err:
             raise CheckpointError(f"the checkpoint's recommended settings are damaged ({err})") from err
 
     def to_payload(self) -> dict[str, Any]:
-        return {"timestep": self.timestep, "threshold": self.threshold, "source": self.source}
+        return {"timestep": self.timestep, "threshold": self.threshold, "source": self.source, "draws": self.draws}
 
 
 @dataclass
@@ -145,9 +147,11 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
 
 def load_detector(checkpoint: str | os.PathLike | None, device: str = "auto", batch_size: int | None = None,
                   compile: bool = False, precision: str = "auto",
-                  volume: str | os.PathLike | None = None) -> tuple[LoadedCheckpoint, Detector]:
+                  volume: str | os.PathLike | None = None,
+                  draws: int | None = None) -> tuple[LoadedCheckpoint, Detector]:
     """The checkpoint (None: resources.default_checkpoint(volume), the one for that input) and a Detector
-    running it on device (see Detector for the other options).
+    running it on device with `draws` noise draws (None: the checkpoint's recommended number; see Detector
+    for the other options).
 
     Raises CheckpointError when there is no usable checkpoint and ValueError for an unusable device,
     each with a one-line message that says what to do.
@@ -161,4 +165,4 @@ def load_detector(checkpoint: str | os.PathLike | None, device: str = "auto", ba
     except CheckpointError as err:
         raise CheckpointError(f"{err}; pass a checkpoint made by sss-train with --checkpoint") from err
     return ckpt, Detector(ckpt.model, ckpt.preset, device, batch_size=batch_size, compile=compile,
-                          precision=precision)
+                          precision=precision, draws=ckpt.recommended.draws if draws is None else draws)
