@@ -4,6 +4,7 @@ import csv
 import json
 import struct
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -14,18 +15,23 @@ from sss_viewer.core.anomaly import Reconstruction
 from sss_viewer.core.config import PreprocessConfig
 from trainer import evaluate as ev
 from trainer import figures
+from trainer.baselines import IntensityBaseline, budget_threshold
 from trainer.png import write_png
 
 NO_MARGIN = PreprocessConfig(image_size=32, margin=0.0)  # 32 mm brain box: 1 mm model pixels, canonical flipped
 
 
-def synthetic_case(tmp_path: Path, name: str = "case", lesion: bool = True) -> tuple[Path, Path]:
-    """32 x 32 x 8 RAS volume, brain on slices 1..6 filling the plane, an 8 x 8 lesion on slices 2..5."""
+def synthetic_case(tmp_path: Path, name: str = "case", lesion: bool = True,
+                   blob: float | None = None) -> tuple[Path, Path]:
+    """32 x 32 x 8 RAS volume, brain (100..193) on slices 1..6 filling the plane, an 8 x 8 lesion on slices 2..5,
+    of intensity `blob` when given (else it looks like brain)."""
     g = np.indices((32, 32, 8), dtype=np.float32)
     image = np.where((g[2] >= 1) & (g[2] <= 6), 100 + g[0] + 2 * g[1], 0).astype(np.float32)
     mask = np.zeros(image.shape, np.uint8)
     if lesion:
         mask[10:18, 12:20, 2:6] = 2          # any label > 0 is anomalous
+    if blob is not None:
+        image[10:18, 12:20, 2:6] = blob
     nib.Nifti1Image(image, np.eye(4)).to_filename(str(tmp_path / f"{name}.nii.gz"))
     nib.Nifti1Image(mask, np.eye(4)).to_filename(str(tmp_path / f"{name}_seg.nii.gz"))
     return tmp_path / f"{name}.nii.gz", tmp_path / f"{name}_seg.nii.gz"
@@ -123,6 +129,15 @@ def test_oracle_metrics_are_exactly_as_hand_computed(tmp_path):
     vol = ev.volume_dice_summary(result)
     assert vol["sss300"]["mean"] == pytest.approx(2 * 8 * (8 + 6 + 4 + 2) / (256 + 256))  # all brain slices
     assert "anoddpm300" not in vol
+    # Over the 6 x 1024 brain pixels: 256 flagged (score 1), 160 of them lesion; 256 lesion pixels. A binary heat
+    # map has two thresholds: recall and precision 160/256 at the first, then recall 1 and precision 256/6144.
+    per_volume = result.results[0].volume["sss300"]
+    assert per_volume["dice"] == per_volume["best_dice"] == pytest.approx(0.625)          # any E in (0, 1) alike
+    assert per_volume["best_threshold"] == 0.05                                           # the lowest of the best
+    assert per_volume["auroc"] == pytest.approx((1 + 160 / 256 - 96 / 5888) / 2)
+    assert per_volume["auprc"] == pytest.approx((160 / 256) ** 2 + (96 / 256) * (256 / 6144))
+    assert result.results[0].volume["consensus"]["auprc"] == pytest.approx(per_volume["auprc"])  # same heat map
+    assert "anoddpm300" not in result.results[0].volume
     sweep = result.sweep["sss300"]
     assert sweep["best_threshold"] == 0.05 and sweep["best_dice"] == pytest.approx(0.625)
     assert sweep["dice_mean"][-1] == 0.0                   # E > 1.0 flags nothing
@@ -177,24 +192,39 @@ def test_cli_writes_tables_and_figure_deterministically(tmp_path, checkpoint, ca
     manifest = write_manifest(tmp_path, [["c1", "t1", "c1.nii.gz", "c1_seg.nii.gz", "expert"],
                                          ["c1", "flair", "nope.nii.gz", "nope.nii.gz", "expert"]])
     outs = [tmp_path / "a", tmp_path / "b"]
+    methods = ["sss300_pp", "sss250", "intensity", "intensity_pp"]
     for out in outs:
         status = ev.main(["--manifest", str(manifest), "--out", str(out), "--checkpoint", str(checkpoint),
-                          "--device", "cpu", "--methods", "sss300_pp,sss250", "--healthy", str(healthy),
+                          "--device", "cpu", "--methods", ",".join(methods), "--healthy", str(healthy),
                           "--seed", "5"])
         assert status == 0
     assert capsys.readouterr().err.strip() == ""
     with open(outs[0] / "table.csv") as f:
         table = list(csv.DictReader(f))
-    assert list(table[0]) == list(ev.TABLE_COLUMNS)
-    assert [r["method"] for r in table] == ["sss300_pp", "sss250"] and all(r["n_slices"] == "4" for r in table)
+    assert list(table[0]) == list(ev.TABLE_COLUMNS) == [
+        "method", "n_slices", "dice_mean", "dice_std", "iou_mean", "iou_std", "precision_mean", "precision_std",
+        "recall_mean", "recall_std", "auc_mean", "auc_std", "time_per_slice_s"]                   # the contract
+    assert [r["method"] for r in table] == methods and all(r["n_slices"] == "4" for r in table)
     md = (outs[0] / "table.md").read_text()
-    assert "| Method | Dice | IoU | Precision | Recall | AUC | Time (s) |" in md
+    assert md.index("| Method | Dice | IoU | Precision | Recall | AUC | Time (s) |") < md.index("⌈Dice⌉")
     assert "SSS t = 300 (with postprocessing)" in md and "optimistic" in md and "Healthy FPR" in md
+    assert ("| Method | Threshold | Volume Dice | ⌈Dice⌉ (optimistic) | AUROC | AUPRC | Healthy FPR | Best slice "
+            "threshold | Slice Dice at it (optimistic) |") in md
+    assert "**Optimistic: the threshold is chosen on the test data**" in md and "average precision" in md
+    assert "| Intensity threshold (no model) | 1.0000 |" in md and "Intensity threshold (no model, with post" in md
+    # The ramp's top 1 % is clipped to 1 in model space: more than the 0.5 % budget, so the threshold is the ceiling.
+    assert "calibrated to flag at most 0.5 % of the brain pixels of the --healthy volume(s)" in md
+    assert "It flags nothing" in md
     extra = [json.loads((o / "extra.json").read_text()) for o in outs]
     assert extra[0]["per_slice"] == extra[1]["per_slice"]                 # same seed, same numbers
     assert extra[0]["cases"][0]["slices"] == [2, 3, 4, 5]
-    assert extra[0]["checkpoint"]["step"] == 11 and set(extra[0]["volume_dice"]) == {"sss300_pp", "sss250"}
-    assert set(extra[0]["healthy_false_positive_rate"]) == {"sss300_pp", "sss250"}
+    assert extra[0]["checkpoint"]["step"] == 11 and set(extra[0]["volume_dice"]) == set(methods)
+    assert set(extra[0]["healthy_false_positive_rate"]) == set(methods)
+    per_method = extra[0]["volume_metrics"]["per_method"]
+    assert set(per_method) == set(methods)
+    assert set(per_method["intensity"]) == {"dice", "best_dice", "auroc", "auprc", "best_threshold"}
+    assert set(per_method["sss250"]["auprc"]) == {"mean", "std", "per_case"}
+    assert extra[0]["intensity_baseline"]["threshold"] == 1.0 and extra[0]["intensity_baseline"]["sign"] == -1
     image = read_png(outs[0] / "figure.png")
     assert image.shape[1] > 5 * 192 and image.shape[0] > 4 * 192           # 5 columns, 4 rows of slices
 
@@ -228,7 +258,12 @@ def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, checkpoint, capsys):
     assert exc.value.code == 2 and "nope" in capsys.readouterr().err
     assert ev.build_parser().parse_args(["--manifest", "m", "--out", "o"]).methods is None   # the checkpoint's
     assert [m.name for m in ev.default_methods(300)] == list(ev.DEFAULT_METHODS)
-    assert [m.name for m in ev.default_methods(200)] == list(ev.DEFAULT_METHODS) + ["sss200", "sss200_pp"]
+    models = [n for n in ev.DEFAULT_METHODS if n not in ev.BASELINES]
+    assert [m.name for m in ev.default_methods(200)] == models + ["sss200", "sss200_pp", *ev.BASELINES]
+    assert ev.BASELINES == ("intensity", "intensity_pp") and set(ev.BASELINES) <= set(ev.DEFAULT_METHODS)
+    dwi = write_manifest(tmp_path, [["c1", "dwi", "c1.nii.gz", "c1_seg.nii.gz", ""]])
+    lines = run(dwi, "--modality", "dwi", "--methods", "intensity")
+    assert len(lines) == 1 and "dwi" in lines[0] and "intensity" in lines[0]
 
 
 def test_methods_at_any_timestep_and_case_selection(tmp_path):
@@ -244,3 +279,48 @@ def test_methods_at_any_timestep_and_case_selection(tmp_path):
     assert [r.case for r in ev.read_manifest(manifest, "t1", cases=["b"])] == ["b"]
     with pytest.raises(ev.EvalError, match="case.*c"):
         ev.read_manifest(manifest, "t1", cases=["b", "c"])
+
+
+def test_intensity_baseline_threshold_and_blobs(tmp_path):
+    """The baseline's threshold is the healthy-calibrated one, and it finds a bright blob on a FLAIR-like case and a
+    dark one on a T1-like case: each clipped to the end of model space, the brain's ramp well inside."""
+    healthy = ev.prepare_case("h", *synthetic_case(tmp_path, "h"), NO_MARGIN).volume
+    data = np.full(healthy.data.shape, -1.0, np.float32)                   # (8, 32, 32)
+    data[1:7] = 0.0                                                         # the brain slices: 6 x 1024 pixels
+    data[3, :2, :20] = (0.5 + 0.01 * np.arange(40)).reshape(2, 20)        # 0.50, 0.51, ..., 0.89
+    bright = [("h", replace(healthy, data=data))]
+    dark = [("h", replace(healthy, data=-data))]
+    # 0.5 % of 6144 pixels = 30.72: at most 30 above the threshold, so it is the 31st highest score, 0.59.
+    assert budget_threshold(np.r_[np.zeros(6104), 0.5 + 0.01 * np.arange(40)], 0.005) == pytest.approx(0.59)
+    assert budget_threshold(np.r_[np.zeros(990), np.ones(10)], 0.005) == 1.0   # ties at it stay unflagged
+    methods = [ev.METHODS["intensity"], ev.METHODS["intensity_pp"]]
+    for modality, blob, calibration in (("flair", 400.0, bright), ("t1", 20.0, dark)):
+        case = ev.prepare_case(modality, *synthetic_case(tmp_path, modality, blob=blob), NO_MARGIN)
+        baseline = IntensityBaseline.calibrate(modality, calibration)
+        assert baseline.sign == (1 if modality == "flair" else -1)
+        assert baseline.threshold == pytest.approx(0.59, abs=1e-6)
+        oracle = OracleDetector()
+        result = ev.evaluate(oracle, [case], methods, healthy=calibration, intensity=baseline)
+        assert oracle.calls == []                                           # no model call at all
+        rows = {r["method"]: r for r in result.table}
+        assert rows["intensity"]["dice_mean"] == 1.0 and rows["intensity"]["auc_mean"] == 1.0
+        assert rows["intensity_pp"]["dice_mean"] == pytest.approx(2 * 64 / (100 + 64))   # dilated to 10 x 10
+        assert result.results[0].thresholds["intensity"] == baseline.threshold
+        per_volume = result.results[0].volume["intensity"]
+        assert [per_volume[k] for k in ev.VOLUME_METRICS] == [1.0, 1.0, 1.0, 1.0]   # Dice, ⌈Dice⌉, AUROC, AUPRC
+        assert result.healthy_fpr["intensity"]["mean"] == pytest.approx(30 / 6144)
+        md = ev.table_md(result, "synthetic")
+        assert "reconstruction (none: black" in md and f"shows lesions {'bright' if blob > 100 else 'dark'}" in md
+        assert ev.figure(result).shape[2] == 3                              # no model: a black reconstruction
+        wrong_way = IntensityBaseline.calibrate("t1" if modality == "flair" else "flair", calibration)
+        assert ev.evaluate(oracle, [case], methods[:1], intensity=wrong_way).table[0]["recall_mean"] == 0.0
+
+    own = IntensityBaseline.calibrate("flair", [])                          # no healthy volumes: each case's own
+    first, last = case.volume.slice_range
+    brain = case.volume.brain_mask[first:last + 1]
+    assert own.threshold is None
+    assert own.threshold_for(case.volume) == budget_threshold(-case.volume.data[first:last + 1][brain], 0.005)
+    assert "that case's own brain" in own.describe()
+    assert "Cross-modality" in IntensityBaseline.calibrate("flair", bright, ["t1"]).describe()
+    with pytest.raises(ev.EvalError, match="IntensityBaseline"):
+        ev.evaluate(OracleDetector(), [case], methods)

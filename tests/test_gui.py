@@ -645,3 +645,34 @@ def test_dicom_folder_by_drop_with_series_dialog(qtbot, window, tmp_path, monkey
     np.testing.assert_array_equal(w.session.volume.data, brain[:, :, :60].round())   # the same voxels, canonical
     assert '#9 "t2_tse_ax"' in w.input_label.text()
     assert w.notice.isHidden()                                          # the tiny model does not record a modality
+
+
+def test_noise_draws_rebuild_the_detector_and_come_from_the_checkpoint(qtbot, window, files, tmp_path):
+    w = window
+    z, one = w.state.slice, images(w)["recon"]
+    key, calls = w.session.key, w.worker.model_calls
+    w.controls.draws_spin.setValue(3)                                   # K draws: a new detector, fresh results
+    wait_for(qtbot, lambda: w.session.key != key and w.session.model.draws == 3 and w.shown is not None
+             and w.shown.slice == z)
+    assert w.worker.model_calls == calls + 1 and not np.array_equal(images(w)["recon"], one)
+    payload = torch.load(files["checkpoint2"], weights_only=True)
+    payload["recommended"] = {"timestep": 300, "threshold": 0.3, "source": "test", "draws": 2}
+    torch.save(payload, tmp_path / "k2.pt")
+    w.open_checkpoint(tmp_path / "k2.pt")                               # its own number of draws
+    wait_for(qtbot, lambda: w.session.model.path == tmp_path / "k2.pt" and w.session.model.draws == 2)
+    assert w.state.draws == 2 and w.controls.draws_spin.value() == 2
+    assert "2 noise draws" in w.controls.model_label.text()
+
+
+def test_threshold_slider_marks_the_papers_and_the_checkpoints_thresholds(qtbot, window, files, tmp_path):
+    w = window
+    slider = w.controls.threshold_slider
+    paper = w.controls._position_of(0.3)
+    assert slider.marks == (paper, paper)                               # no calibration: both at the paper's 0.3
+    payload = torch.load(files["checkpoint2"], weights_only=True)
+    payload["recommended"] = {"timestep": 300, "threshold": 0.17, "source": "test"}
+    torch.save(payload, tmp_path / "calibrated.pt")
+    w.open_checkpoint(tmp_path / "calibrated.pt")
+    wait_for(qtbot, lambda: w.session.model.path == tmp_path / "calibrated.pt")
+    assert slider.marks == (paper, w.controls._position_of(0.17)) and slider.value() == slider.marks[1]
+    w.controls.grab().save(str(tmp_path / "controls.png"))

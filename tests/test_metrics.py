@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sss_viewer.core.metrics import all_metrics, dice, iou, precision, recall, roc_auc
+from sss_viewer.core.metrics import all_metrics, average_precision, dice, iou, precision, recall, roc_auc
 
 # pred flags 4 pixels, truth has 2; they share 1:  TP=1, FP=3, FN=1
 PRED = np.array([[1, 1, 0], [1, 1, 0], [0, 0, 0]], bool)
@@ -49,7 +49,33 @@ def test_auc_matches_pairwise_definition():
     assert roc_auc(score, truth) == pytest.approx(pairwise)
 
 
+def test_average_precision_hand_worked():
+    # ranked 1 0 1 0: thresholds give (P, R) = (1, 1/2), (1/2, 1/2), (2/3, 1), (1/2, 1) -> 1/2 * 1 + 1/2 * 2/3
+    assert average_precision(np.array([0.9, 0.8, 0.7, 0.6]), np.array([1, 0, 1, 0], bool)) == pytest.approx(5 / 6)
+    # ties enter together: {0.9}: TP 0 of 1; {0.5, 0.5}: TP 1 of 3, R 1/2; {0.1}: TP 2 of 4, R 1 -> 1/6 + 1/4
+    tied = np.array([0.9, 0.5, 0.5, 0.1])
+    assert average_precision(tied, np.array([0, 1, 0, 1], bool)) == pytest.approx(5 / 12)
+    assert average_precision(np.arange(4.0), np.array([0, 0, 1, 1], bool)) == 1.0        # perfect ranking
+    assert average_precision(np.zeros(4), np.array([0, 0, 1, 1], bool)) == 0.5             # one tie: the prevalence
+    assert np.isnan(average_precision(np.arange(4.0), np.zeros(4, bool)))
+
+
+def test_average_precision_matches_threshold_by_threshold_definition():
+    rng = np.random.default_rng(1)
+    score = rng.integers(0, 6, 300).astype(float)
+    truth = rng.random(300) < 0.2
+    ap, recall_before = 0.0, 0.0
+    for thr in np.unique(score)[::-1]:
+        flagged = score >= thr
+        tp = np.count_nonzero(flagged & truth)
+        ap += (tp / truth.sum() - recall_before) * tp / flagged.sum()
+        recall_before = tp / truth.sum()
+    assert average_precision(score, truth) == pytest.approx(ap)
+
+
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="shape"):
         dice(PRED, TRUTH[:2])
+    with pytest.raises(ValueError, match="size"):
+        average_precision(np.arange(3.0), TRUTH)
     assert set(all_metrics(PRED, PRED.astype(float), TRUTH)) == {"dice", "iou", "precision", "recall", "auc"}

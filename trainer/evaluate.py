@@ -1,4 +1,5 @@
-"""sss-eval: the paper's evaluation (Table 2, Figure 8) of a checkpoint on labelled cases, SSS vs AnoDDPM."""
+"""sss-eval: the paper's evaluation (Table 2, Figure 8) of a checkpoint on labelled cases, SSS vs AnoDDPM and a
+model-free baseline, plus the per-volume metrics the field reports."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import re
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +28,12 @@ from sss_viewer.core.anomaly import (CONSENSUS_TIMESTEPS, DEFAULT_THRESHOLD, PRE
 from sss_viewer.core.checkpoint import load_detector, preset_to_dict
 from sss_viewer.core.config import PreprocessConfig
 from sss_viewer.core.files import atomic_write_text
-from sss_viewer.core.metrics import all_metrics, dice
+from sss_viewer.core.metrics import all_metrics, average_precision, dice, roc_auc
 from sss_viewer.core.inputs import open_scan
 from sss_viewer.core.volume import ModelVolume, load_mask, prepare
 
 from . import figures
+from .baselines import IntensityBaseline, lesion_sign
 from .data import healthy_scan
 from .png import upscale, write_png
 
@@ -40,6 +42,8 @@ METRICS = ("dice", "iou", "precision", "recall", "auc")
 TABLE_COLUMNS = ("method", "n_slices", "dice_mean", "dice_std", "iou_mean", "iou_std", "precision_mean",
                  "precision_std", "recall_mean", "recall_std", "auc_mean", "auc_std", "time_per_slice_s")  # contract
 SWEEP_THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(1, 21))  # 0.05, 0.10, ..., 1.00
+INTENSITY_SWEEP = tuple(round(0.05 * k, 2) for k in range(-20, 20))   # -1.00, -0.95, ..., 0.95: signed intensity
+VOLUME_METRICS = ("dice", "best_dice", "auroc", "auprc")  # per volume, over all its brain slices
 FIGURE_ROWS = 4
 FIGURE_PANEL_MIN = 192                                  # smallest panel side in the figure, pixels
 FIGURE_HEAT_MAX = 1.0                                   # squared error shown at the top of the colormap
@@ -48,12 +52,22 @@ MANIFEST_COLUMNS = ("case", "modality", "image", "mask")
 
 @dataclass(frozen=True)
 class Method:
-    """One row of Table 2: how heat maps at its timesteps become a mask."""
+    """One row of Table 2: how heat maps at its timesteps (or the baseline's intensity score) become a mask."""
     name: str                    # contract name, e.g. "sss300_pp"
     label: str                   # row label in table.md
-    timesteps: tuple[int, ...]   # one heat map per timestep
+    timesteps: tuple[int, ...]   # one heat map per timestep; none: the model-free intensity baseline
     iterative: bool              # AnoDDPM's reverse chain instead of one model call
     postprocess: bool            # 3x3 dilation + largest connected region
+
+    @property
+    def model_free(self) -> bool:
+        """The intensity baseline: its heat map is the signed image intensity (baselines.IntensityBaseline)."""
+        return not self.timesteps
+
+    @property
+    def sweep(self) -> tuple[float, ...]:
+        """The thresholds a best-threshold Dice tries, in the heat map's units."""
+        return INTENSITY_SWEEP if self.model_free else SWEEP_THRESHOLDS
 
     def segment(self, errors: Sequence[np.ndarray], threshold: float) -> np.ndarray:
         """Mask from one (n, S, S) heat map per timestep: E > threshold (+ post-processing); several: majority vote."""
@@ -62,7 +76,7 @@ class Method:
 
     @staticmethod
     def heat(errors: Sequence[np.ndarray]) -> np.ndarray:
-        """The score map for AUC: the squared error, averaged over the timesteps."""
+        """The score map for AUC: the one heat map, or the squared error averaged over the timesteps."""
         return errors[0] if len(errors) == 1 else np.mean(errors, axis=0)
 
     def keys(self) -> list[tuple[int, bool]]:
@@ -81,8 +95,11 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("sss300_pp", "SSS t = 300 (with postprocessing)", (300,), False, True),
     # Common regions: the post-processed masks at 250, 300, 350, 400, a pixel kept when a majority (3 of 4) agree.
     Method("consensus", "SSS — common regions", CONSENSUS_TIMESTEPS, False, True),
+    Method("intensity", "Intensity threshold (no model)", (), False, False),
+    Method("intensity_pp", "Intensity threshold (no model, with postprocessing)", (), False, True),
 )}
-DEFAULT_METHODS = ("sss250", "sss300", "sss250_pp", "sss300_pp", "consensus")
+BASELINES = ("intensity", "intensity_pp")
+DEFAULT_METHODS = ("sss250", "sss300", "sss250_pp", "sss300_pp", "consensus", *BASELINES)
 _METHOD_NAME = re.compile(r"^(sss|anoddpm)(\d{1,3})(_pp)?$")
 
 
@@ -201,9 +218,16 @@ class Run:
 class CaseResult:
     case: Case
     runs: dict[tuple[int, bool], Run]         # per (timestep, iterative)
-    masks: dict[str, np.ndarray]              # per method: (n, S, S) bool on the protocol slices
-    mask_seconds: dict[str, float]            # per method: thresholding + post-processing time
-    volume_dice: dict[str, float]             # per single-step method: Dice over all brain slices
+    score: np.ndarray | None                  # (n, S, S) the intensity baseline's heat map; None without it
+    thresholds: dict[str, float]              # per method: the threshold of its masks (the baseline's own)
+    masks: dict[str, np.ndarray] = field(default_factory=dict)          # per method: (n, S, S) bool, protocol slices
+    mask_seconds: dict[str, float] = field(default_factory=dict)        # per method: score, threshold, post-process
+    volume: dict[str, dict[str, float]] = field(default_factory=dict)   # per non-iterative method: VOLUME_METRICS
+    #                                         and best_threshold, over all brain slices
+
+    def maps(self, m: Method) -> list[np.ndarray]:
+        """The method's (n, S, S) heat maps on the protocol slices: one per timestep, or the baseline's score."""
+        return [self.score] if m.model_free else [self.runs[k].error for k in m.keys()]
 
 
 @dataclass
@@ -215,7 +239,8 @@ class Evaluation:
     per_slice: list[dict]                     # one record per (method, case, slice)
     table: list[dict]                         # one row per method, TABLE_COLUMNS
     sweep: dict[str, dict]                    # per method: mean Dice per threshold, the best one
-    healthy_fpr: dict[str, dict]              # per single-step method; empty without healthy volumes
+    healthy_fpr: dict[str, dict]              # per non-iterative method; empty without healthy volumes
+    intensity: IntensityBaseline | None       # the baseline's direction and threshold; None when not run
 
 
 class _Progress:
@@ -244,9 +269,23 @@ def _volume_errors(detector, volume: ModelVolume, timesteps: Sequence[int], seed
             for t in timesteps}
 
 
+def _whole_maps(m: Method, errors: dict[int, np.ndarray], score: np.ndarray | None) -> list[np.ndarray]:
+    """A non-iterative method's (n, S, S) heat maps over a volume's brain slices: per timestep, or the baseline's."""
+    return [score] if m.model_free else [errors[t] for t in m.timesteps]
+
+
+def dice_sweep(m: Method, maps: Sequence[np.ndarray], threshold: float, truth: np.ndarray) -> dict[str, float]:
+    """Dice at `threshold` and the best Dice over m.sweep and it, with that threshold (the lowest on a tie):
+    optimistic, the threshold is chosen on the test volume. maps and truth (n, S, S)."""
+    curve = {thr: dice(m.segment(maps, thr), truth) for thr in sorted({*m.sweep, threshold})}
+    best = max(curve, key=curve.get)
+    return {"dice": curve[threshold], "best_dice": curve[best], "best_threshold": best}
+
+
 def evaluate_case(detector, case: Case, methods: Sequence[Method], threshold: float, seed: int,
-                  progress: _Progress) -> CaseResult:
-    """Reconstruct the protocol slices once per (timestep, chain) the methods need, then segment per method."""
+                  progress: _Progress, intensity: IntensityBaseline | None = None) -> CaseResult:
+    """Reconstruct the protocol slices once per (timestep, chain) the methods need, then segment per method; then
+    the per-volume metrics of the non-iterative methods over every brain slice."""
     sel = list(case.slices)
     x0 = case.volume.data[sel]                                              # (n, S, S)
     brain = case.volume.brain_mask[sel]                                     # (n, S, S)
@@ -257,20 +296,33 @@ def evaluate_case(detector, case: Case, methods: Sequence[Method], threshold: fl
         rec = detector.reconstruct(x0, t, seed=seed, indices=sel, brain=brain, iterative=iterative,
                                    progress=progress.start())
         runs[key] = Run(recon=rec.recon, error=rec.error, seconds=time.perf_counter() - start)
-    masks, mask_seconds = {}, {}
+    score, own, score_seconds = None, threshold, 0.0
+    if any(m.model_free for m in methods):
+        start = time.perf_counter()
+        score, own = intensity.score(case.volume, sel), intensity.threshold_for(case.volume)  # (n, S, S), float
+        score_seconds = time.perf_counter() - start
+    result = CaseResult(case=case, runs=runs, score=score,
+                        thresholds={m.name: own if m.model_free else threshold for m in methods})
     for m in methods:
         start = time.perf_counter()
-        masks[m.name] = m.segment([runs[k].error for k in m.keys()], threshold)
-        mask_seconds[m.name] = time.perf_counter() - start
+        result.masks[m.name] = m.segment(result.maps(m), result.thresholds[m.name])
+        result.mask_seconds[m.name] = time.perf_counter() - start + (score_seconds if m.model_free else 0.0)
 
-    single = [m for m in methods if not m.iterative]
-    volume_dice = {}
-    if single:
+    whole = [m for m in methods if not m.iterative]
+    if whole:
         first, last = case.volume.slice_range
-        errors = _volume_errors(detector, case.volume, sorted({t for m in single for t in m.timesteps}), seed, progress)
+        errors = _volume_errors(detector, case.volume, sorted({t for m in whole for t in m.timesteps}), seed, progress)
+        score = intensity.score(case.volume, slice(first, last + 1)) if intensity is not None else None
+        inside = case.volume.brain_mask[first:last + 1]                     # (n_brain, S, S)
         truth = case.truth[first:last + 1]                                  # (n_brain, S, S)
-        volume_dice = {m.name: dice(m.segment([errors[t] for t in m.timesteps], threshold), truth) for m in single}
-    return CaseResult(case=case, runs=runs, masks=masks, mask_seconds=mask_seconds, volume_dice=volume_dice)
+        ranked: dict[tuple[int, ...], dict[str, float]] = {}               # per heat map: m and m_pp share one
+        for m in whole:
+            maps = _whole_maps(m, errors, score)
+            if m.timesteps not in ranked:
+                heat, lesion = m.heat(maps)[inside], truth[inside]          # (N,) each: the brain pixels
+                ranked[m.timesteps] = {"auroc": roc_auc(heat, lesion), "auprc": average_precision(heat, lesion)}
+            result.volume[m.name] = {**dice_sweep(m, maps, result.thresholds[m.name], truth), **ranked[m.timesteps]}
+    return result
 
 
 def _work(case_slices: int, brain_slices: int, methods: Sequence[Method]) -> int:
@@ -289,66 +341,74 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(np.nanmean(arr)), float(np.nanstd(arr))
 
 
-def threshold_sweep(results: Sequence[CaseResult], methods: Sequence[Method],
-                    thresholds: Sequence[float] = SWEEP_THRESHOLDS) -> dict[str, dict]:
-    """Mean protocol-slice Dice per threshold and the best threshold, per method (chosen on the test cases!)."""
+def threshold_sweep(results: Sequence[CaseResult], methods: Sequence[Method]) -> dict[str, dict]:
+    """Mean protocol-slice Dice per threshold of m.sweep and the best threshold, per method (chosen on the test
+    cases!)."""
     out = {}
     for m in methods:
         curve = []
-        for thr in thresholds:
+        for thr in m.sweep:
             scores = [dice(pred, r.case.truth[z])
-                      for r in results
-                      for z, pred in zip(r.case.slices, m.segment([r.runs[k].error for k in m.keys()], thr))]
+                      for r in results for z, pred in zip(r.case.slices, m.segment(r.maps(m), thr))]
             curve.append(float(np.mean(scores)))
         best = int(np.argmax(curve))
-        out[m.name] = {"dice_mean": curve, "best_threshold": thresholds[best], "best_dice": curve[best]}
+        out[m.name] = {"thresholds": list(m.sweep), "dice_mean": curve, "best_threshold": m.sweep[best],
+                       "best_dice": curve[best]}
     return out
 
 
 def healthy_false_positives(detector, healthy: Sequence[tuple[str, ModelVolume]], methods: Sequence[Method],
-                            threshold: float, seed: int) -> dict[str, dict]:
-    """Per single-step method: the fraction of brain pixels flagged over each healthy volume's brain slices."""
-    single = [m for m in methods if not m.iterative]
-    if not healthy or not single:
+                            threshold: float, seed: int, intensity: IntensityBaseline | None = None) -> dict[str, dict]:
+    """Per non-iterative method: the fraction of brain pixels flagged over each healthy volume's brain slices."""
+    whole = [m for m in methods if not m.iterative]
+    if not healthy or not whole:
         return {}
-    per_volume: dict[str, dict[str, float]] = {m.name: {} for m in single}
+    per_volume: dict[str, dict[str, float]] = {m.name: {} for m in whole}
     for name, volume in healthy:
         first, last = volume.slice_range
-        timesteps = sorted({t for m in single for t in m.timesteps})
+        timesteps = sorted({t for m in whole for t in m.timesteps})
         with tqdm(total=(last - first + 1) * len(timesteps), desc=f"healthy {name}", unit="slice", file=sys.stderr,
                   disable=None, leave=False) as bar:
             errors = _volume_errors(detector, volume, timesteps, seed, _Progress(bar))
+        score = intensity.score(volume, slice(first, last + 1)) if intensity is not None else None
         brain = volume.brain_mask[first:last + 1]                           # (n, S, S)
-        for m in single:
-            flagged = m.segment([errors[t] for t in m.timesteps], threshold) & brain
+        for m in whole:
+            own = intensity.threshold_for(volume) if m.model_free else threshold
+            flagged = m.segment(_whole_maps(m, errors, score), own) & brain
             per_volume[m.name][name] = float(np.count_nonzero(flagged) / max(1, np.count_nonzero(brain)))
     return {name: {"mean": float(np.mean(list(v.values()))), "per_volume": v} for name, v in per_volume.items()}
 
 
 def evaluate(detector, cases: Sequence[Case], methods: Sequence[Method], threshold: float = DEFAULT_THRESHOLD,
-             seed: int = 0, healthy: Sequence[tuple[str, ModelVolume]] = ()) -> Evaluation:
+             seed: int = 0, healthy: Sequence[tuple[str, ModelVolume]] = (),
+             intensity: IntensityBaseline | None = None) -> Evaluation:
     """Run the protocol on every case with every method.
 
     `detector` is an anomaly.Detector or any object with its `reconstruct(slices, timestep, seed=, indices=,
-    brain=, iterative=, progress=)` returning an anomaly.Reconstruction (tests pass an oracle).
+    brain=, iterative=, progress=)` returning an anomaly.Reconstruction (tests pass an oracle). `intensity` (the
+    cases' lesion direction and the calibrated threshold) is needed by the intensity* methods.
     """
     if not cases:
         raise EvalError("no case to evaluate; check the manifest and --modality")
+    if intensity is None and any(m.model_free for m in methods):
+        raise EvalError("the intensity* methods need an IntensityBaseline (the modality and its healthy threshold)")
     first = cases[0]
-    detector.reconstruct(first.volume.data[list(first.slices[:1])], methods[0].timesteps[0], seed=seed,
-                         indices=list(first.slices[:1]))  # warm-up: one-off start-up costs stay out of the timings
+    model = next((m for m in methods if not m.model_free), None)
+    if model is not None:
+        detector.reconstruct(first.volume.data[list(first.slices[:1])], model.timesteps[0], seed=seed,
+                             indices=list(first.slices[:1]))  # warm-up: one-off start-up costs stay out of the timings
     results = []
     for case in cases:
         lo, hi = case.volume.slice_range
         with tqdm(total=_work(len(case.slices), hi - lo + 1, methods), desc=case.name, unit="slice", file=sys.stderr,
                   disable=None, leave=False) as bar:
-            results.append(evaluate_case(detector, case, methods, threshold, seed, _Progress(bar)))
+            results.append(evaluate_case(detector, case, methods, threshold, seed, _Progress(bar), intensity))
 
     per_slice, table = [], []
     for m in methods:
         records = []
         for r in results:
-            heat = m.heat([r.runs[k].error for k in m.keys()])             # (n, S, S)
+            heat = m.heat(r.maps(m))                                        # (n, S, S)
             for i, z in enumerate(r.case.slices):
                 scores = all_metrics(r.masks[m.name][i], heat[i], r.case.truth[z])
                 records.append({"method": m.name, "case": r.case.name, "slice": z, **scores})
@@ -363,7 +423,8 @@ def evaluate(detector, cases: Sequence[Case], methods: Sequence[Method], thresho
         table.append(row)
     return Evaluation(methods=list(methods), threshold=threshold, seed=seed, results=results, per_slice=per_slice,
                       table=table, sweep=threshold_sweep(results, methods),
-                      healthy_fpr=healthy_false_positives(detector, healthy, methods, threshold, seed))
+                      healthy_fpr=healthy_false_positives(detector, healthy, methods, threshold, seed, intensity),
+                      intensity=intensity)
 
 
 # ----------------------------------------------------------------------------------------------- outputs
@@ -379,20 +440,47 @@ def table_csv(ev: Evaluation) -> str:
     return "\n".join(lines) + "\n"
 
 
-def volume_dice_summary(ev: Evaluation) -> dict[str, dict]:
-    """Per single-step method: mean ± std over cases of the Dice over all brain slices, and each case's value."""
+def volume_summary(ev: Evaluation) -> dict[str, dict]:
+    """Per non-iterative method: each of VOLUME_METRICS as mean ± std over cases with each case's value, and each
+    case's best threshold."""
     out = {}
     for m in ev.methods:
         if m.iterative:
             continue
-        per_case = {r.case.name: r.volume_dice[m.name] for r in ev.results}
-        mean, std = _mean_std(list(per_case.values()))
-        out[m.name] = {"mean": mean, "std": std, "per_case": per_case}
+        entry = {}
+        for metric in VOLUME_METRICS:
+            per_case = {r.case.name: r.volume[m.name][metric] for r in ev.results}
+            mean, std = _mean_std(list(per_case.values()))
+            entry[metric] = {"mean": mean, "std": std, "per_case": per_case}
+        entry["best_threshold"] = {r.case.name: r.volume[m.name]["best_threshold"] for r in ev.results}
+        out[m.name] = entry
     return out
 
 
+def volume_dice_summary(ev: Evaluation) -> dict[str, dict]:
+    """Per non-iterative method: mean ± std over cases of the Dice over all brain slices, and each case's value."""
+    return {name: v["dice"] for name, v in volume_summary(ev).items()}
+
+
+def _span(thresholds: Sequence[float]) -> str:
+    """An evenly spaced threshold sweep in words."""
+    return f"{thresholds[0]:.2f} to {thresholds[-1]:.2f}, step {thresholds[1] - thresholds[0]:.2f}"
+
+
+def _threshold_text(ev: Evaluation, m: Method) -> str:
+    """The threshold of a method's masks, as table.md and the figure show it."""
+    if not m.model_free:
+        return f"{ev.threshold:g}"
+    return "per case" if ev.intensity.threshold is None else f"{ev.intensity.threshold:.4f}"
+
+
+def _figure_method(ev: Evaluation) -> Method:
+    """The method figure.png shows: the first that runs the model, else the first."""
+    return next((m for m in ev.methods if not m.model_free), ev.methods[0])
+
+
 def table_md(ev: Evaluation, source: str) -> str:
-    """Table 2 of the paper for these cases, then the numbers beyond the paper."""
+    """Table 2 of the paper for these cases, then the per-volume metrics the field reports."""
     n_cases = len(ev.results)
     n_slices = ev.table[0]["n_slices"] if ev.table else 0
     lines = [
@@ -406,46 +494,62 @@ def table_md(ev: Evaluation, source: str) -> str:
            f"post-processed; a pixel is kept when at least {len(CONSENSUS_TIMESTEPS) // 2 + 1} of them flag it. "
            "Its heat map (for AUC) is the mean squared error over the timesteps.", ""]
           if any(m.name == "consensus" for m in ev.methods) else []),
+        *([ev.intensity.describe(), ""] if any(m.model_free for m in ev.methods) else []),
         "| Method | Dice | IoU | Precision | Recall | AUC | Time (s) |",
         "|---|---|---|---|---|---|---|",
     ]
     for m, row in zip(ev.methods, ev.table):
         cells = [f"{_fmt(row[f'{k}_mean'])} ± {_fmt(row[f'{k}_std'])}" for k in METRICS]
         lines.append(f"| {m.label} | " + " | ".join(cells) + f" | {_fmt(row['time_per_slice_s'])} |")
-    vol = volume_dice_summary(ev)
+    vol = volume_summary(ev)
+    fpr = bool(ev.healthy_fpr)
     lines += [
-        "", "## Beyond the paper", "",
-        "- Volume Dice: the 3-D Dice over every brain slice of a volume (mean ± std over volumes); lesion voxels on "
-        "slices outside the brain slice range are left out. Not computed for the iterative chain (lambda model calls "
-        "per slice).",
-        "- Best threshold: the threshold (0.05 to 1.00, step 0.05) with the highest mean protocol-slice Dice. It is "
+        "", "## Beyond the paper: the metrics the field reports", "",
+        f"Per volume, over all of its brain slices (lesion voxels on slices outside the brain slice range are left "
+        f"out), mean ± std over the {n_cases} volume(s); not computed for the iterative chain (lambda model calls per "
+        "slice).",
+        "",
+        "- Threshold: the one the masks used (the run's; the intensity baseline's own).",
+        "- Volume Dice: the 3-D Dice of the mask at that threshold: what a user gets.",
+        f"- ⌈Dice⌉: each volume's best 3-D Dice over a threshold sweep (squared error {_span(SWEEP_THRESHOLDS)}, "
+        f"signed intensity {_span(INTENSITY_SWEEP)}, plus the threshold used). **Optimistic: the threshold is chosen "
+        "on the test data**, per volume.",
+        "- AUROC, AUPRC: pixel-wise over the brain pixels of the volume's brain slices, of the heat map (free of any "
+        "threshold, so equal with and without postprocessing); AUPRC is the average precision.",
+        *(["- Healthy FPR: the fraction of brain pixels flagged over the brain slices of the healthy volumes (mean "
+           "over volumes). The intensity baseline's is in-sample: its threshold was calibrated on them."]
+          if fpr else []),
+        "- Best slice threshold: the sweep's threshold with the highest mean protocol-slice Dice, and that Dice. It is "
         "**chosen on these same test cases, so its Dice is optimistic**; pick thresholds on separate data.",
+        "",
+        "| Method | Threshold | Volume Dice | ⌈Dice⌉ (optimistic) | AUROC | AUPRC |" + (" Healthy FPR |" if fpr else "")
+        + " Best slice threshold | Slice Dice at it (optimistic) |",
+        "|---|---|---|---|---|---|" + ("---|" if fpr else "") + "---|---|",
     ]
-    if ev.healthy_fpr:
-        lines.append("- Healthy FPR: the fraction of brain pixels flagged over the brain slices of the healthy "
-                     "volumes (mean over volumes; single-step methods only).")
-    lines += ["", "| Method | Volume Dice | Best threshold | Dice at best threshold |"
-              + (" Healthy FPR |" if ev.healthy_fpr else ""),
-              "|---|---|---|---|" + ("---|" if ev.healthy_fpr else "")]
     for m in ev.methods:
         v = vol.get(m.name)
-        s = ev.sweep[m.name]
-        cells = [f"{_fmt(v['mean'])} ± {_fmt(v['std'])}" if v else "—", f"{s['best_threshold']:.2f}",
-                 _fmt(s["best_dice"])]
-        if ev.healthy_fpr:
+        cells = [_threshold_text(ev, m)]
+        cells += [f"{_fmt(v[k]['mean'])} ± {_fmt(v[k]['std'])}" if v else "—" for k in VOLUME_METRICS]
+        if fpr:
             cells.append(_fmt(ev.healthy_fpr[m.name]["mean"], 4) if m.name in ev.healthy_fpr else "—")
+        s = ev.sweep[m.name]
+        cells += [f"{s['best_threshold']:.2f}", _fmt(s["best_dice"])]
         lines.append(f"| {m.label} | " + " | ".join(cells) + " |")
-    fig = ev.methods[0]
-    lines += ["", f"figure.png ({fig.label}): per row one slice; columns: original, reconstruction (x0_hat at "
-              f"t = {fig.timesteps[0]}), heat map (squared error, inferno, 0 black to ≥ {FIGURE_HEAT_MAX:g} pale "
-              "yellow), predicted mask, overlay on the original (yellow: hit, red: missed ground truth, blue: false "
-              "alarm).", ""]
+    fig = _figure_method(ev)
+    shown = ("reconstruction (none: black, the baseline has no model), heat map (signed intensity, inferno, -1 black "
+             "to 1 pale yellow)" if fig.model_free else
+             f"reconstruction (x0_hat at t = {fig.timesteps[0]}), heat map (squared error, inferno, 0 black to ≥ "
+             f"{FIGURE_HEAT_MAX:g} pale yellow)")
+    lines += ["", f"figure.png ({fig.label}): per row one slice; columns: original, {shown}, predicted mask, overlay "
+              "on the original (yellow: hit, red: missed ground truth, blue: false alarm).", ""]
     return "\n".join(lines)
 
 
 def figure(ev: Evaluation) -> np.ndarray:
-    """Figure 8 of the paper, (H, W, 3) uint8: up to FIGURE_ROWS protocol slices spread over the cases, first method."""
-    m = ev.methods[0]
+    """Figure 8 of the paper, (H, W, 3) uint8: up to FIGURE_ROWS protocol slices spread over the cases, for
+    _figure_method."""
+    m = _figure_method(ev)
+    heat_range = (-1.0, 1.0) if m.model_free else (0.0, FIGURE_HEAT_MAX)
     pairs = [(r, i) for r in ev.results for i in range(len(r.case.slices))]
     chosen = np.unique(np.round(np.linspace(0, len(pairs) - 1, min(FIGURE_ROWS, len(pairs)))).astype(int))
     size = ev.results[0].case.volume.image_size
@@ -454,16 +558,26 @@ def figure(ev: Evaluation) -> np.ndarray:
     for j in chosen:
         r, i = pairs[j]
         z = r.case.slices[i]
-        errors = [r.runs[k].error for k in m.keys()]
         x0 = r.case.volume.data[z]                                          # (S, S)
+        recon = np.full_like(x0, -1.0) if m.model_free else r.runs[m.keys()[0]].recon[i]  # (S, S) black: no model
         pred = r.masks[m.name][i]
-        panels = [figures.grey(x0), figures.grey(r.runs[m.keys()[0]].recon[i]),
-                  figures.inferno(m.heat(errors)[i], 0.0, FIGURE_HEAT_MAX), figures.mask_panel(pred),
-                  figures.overlay(x0, r.case.truth[z], pred)]
+        panels = [figures.grey(x0), figures.grey(recon), figures.inferno(m.heat(r.maps(m))[i], *heat_range),
+                  figures.mask_panel(pred), figures.overlay(x0, r.case.truth[z], pred)]
         rows.append([upscale(p, factor) for p in panels])
         labels.append(f"{r.case.name} slice {z}")
     titles = ["original", "reconstruction", "heat map", "predicted mask", "truth overlay"]
-    return figures.panel_grid(rows, titles, labels, title=f"{m.name}  threshold {ev.threshold:g}")
+    return figures.panel_grid(rows, titles, labels, title=f"{m.name}  threshold {_threshold_text(ev, m)}")
+
+
+def intensity_json(ev: Evaluation) -> dict | None:
+    """The intensity baseline's direction, threshold and where it came from; None when it did not run."""
+    b = ev.intensity
+    if b is None:
+        return None
+    return {"modality": b.modality, "sign": b.sign, "budget": b.budget, "threshold": b.threshold,
+            "threshold_from": "healthy volumes" if b.threshold is not None else "each case's own brain (no --healthy)",
+            "healthy_modalities": list(b.healthy_modalities),
+            "per_case_threshold": {r.case.name: b.threshold_for(r.case.volume) for r in ev.results}}
 
 
 def extra_json(ev: Evaluation, meta: dict) -> dict:
@@ -476,8 +590,15 @@ def extra_json(ev: Evaluation, meta: dict) -> dict:
                   for r in ev.results],
         "consensus": {"timesteps": list(CONSENSUS_TIMESTEPS), "votes": len(CONSENSUS_TIMESTEPS) // 2 + 1,
                       "masks": "each timestep thresholded and post-processed, then the majority vote"},
+        "intensity_baseline": intensity_json(ev),
         "volume_dice": volume_dice_summary(ev),
-        "threshold_sweep": {"note": "best threshold chosen on these test cases: optimistic, not a fair estimate",
+        "volume_metrics": {"note": "per volume over all its brain slices, mean and std over cases: dice at the "
+                                   "threshold used; best_dice (the best-threshold Dice) and best_threshold chosen on "
+                                   "the test volume: optimistic; auroc and auprc (average precision) of the heat map "
+                                   "over the brain pixels",
+                           "per_method": volume_summary(ev)},
+        "threshold_sweep": {"note": "best threshold chosen on these test cases: optimistic, not a fair estimate; "
+                                    "thresholds: the squared-error sweep, each method's own under per_method",
                             "thresholds": list(SWEEP_THRESHOLDS), "per_method": ev.sweep},
         "healthy_false_positive_rate": ev.healthy_fpr or None,
         "per_slice": ev.per_slice,
@@ -510,9 +631,10 @@ def parse_methods(text: str) -> list[Method]:
 
 
 def default_methods(recommended_timestep: int) -> list[Method]:
-    """DEFAULT_METHODS, plus the checkpoint's recommended timestep with and without post-processing."""
-    names = dict.fromkeys(DEFAULT_METHODS)
-    names.update(dict.fromkeys((f"sss{recommended_timestep}", f"sss{recommended_timestep}_pp")))
+    """DEFAULT_METHODS, plus the checkpoint's recommended timestep with and without post-processing before the
+    baselines."""
+    names = dict.fromkeys(n for n in DEFAULT_METHODS if n not in BASELINES)
+    names.update(dict.fromkeys((f"sss{recommended_timestep}", f"sss{recommended_timestep}_pp", *BASELINES)))
     return [method_named(n) for n in names]
 
 
@@ -532,20 +654,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", type=parse_methods, default=None, metavar="M1,M2,...",
                    help=f"comma-separated, from {','.join(METHODS)}, or sss<T>[_pp] at any timestep T (default "
                         f"{','.join(DEFAULT_METHODS)}, plus sss<T>,sss<T>_pp at the checkpoint's recommended T); "
-                        "the anoddpm* chains make lambda model calls per slice: slow on a CPU")
+                        "the anoddpm* chains make lambda model calls per slice: slow on a CPU; intensity[_pp] is the "
+                        "model-free baseline (signed intensity above a threshold calibrated on --healthy)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N] (default auto)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     p.add_argument("--seed", type=int, default=0, help="noise seed; equal seeds give equal tables (default 0)")
+    p.add_argument("--draws", type=int, default=None, metavar="K",
+                   help="noise draws averaged per slice by the single-step methods (default: the checkpoint's "
+                        "recommended number, else 1)")
     p.add_argument("--max-cases", type=int, metavar="N", help="evaluate only the first N cases of the modality")
     p.add_argument("--cases", type=lambda t: [c.strip() for c in t.split(",") if c.strip()], metavar="C1,C2,...",
                    help="evaluate only these cases (names from the manifest's case column), e.g. to report "
                         "tumours and MS apart")
     p.add_argument("--healthy", type=Path, nargs="+", default=[], metavar="PATH",
-                   help="healthy volumes for the false-positive rate (beyond the paper); a brain mask beside one "
-                        "(as sss-train finds it) is applied first")
+                   help="healthy volumes for the false-positive rate (beyond the paper) and the intensity baseline's "
+                        "threshold (give scans of --modality: other ones are named in table.md); a brain mask beside "
+                        "one (as sss-train finds it) is applied first")
     p.add_argument("--threshold", type=float, default=None,
                    help=f"squared-error threshold of the masks (default: the checkpoint's calibrated one, else "
-                        f"{DEFAULT_THRESHOLD})")
+                        f"{DEFAULT_THRESHOLD}); the intensity baseline has its own, from --healthy")
     return p
 
 
@@ -563,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
     except EvalError as err:
         return fail(err)
     try:
-        ckpt, detector = load_detector(args.checkpoint, args.device, precision=args.precision)
+        ckpt, detector = load_detector(args.checkpoint, args.device, precision=args.precision, draws=args.draws)
     except ValueError as err:  # CheckpointError or the device
         return fail(err)
     methods = args.methods or default_methods(ckpt.recommended.timestep)
@@ -571,8 +698,13 @@ def main(argv: list[str] | None = None) -> int:
     too_far = sorted({t for m in methods for t in m.timesteps if t >= ckpt.preset.diffusion.timesteps})
     if too_far:
         return fail(f"the checkpoint's diffusion has {ckpt.preset.diffusion.timesteps} steps; methods need {too_far}")
+    if any(m.model_free for m in methods):
+        try:
+            lesion_sign(args.modality)
+        except ValueError as err:
+            return fail(err)
 
-    status, cases, healthy = 0, [], []
+    status, cases, healthy, healthy_modalities = 0, [], [], []
     for row in rows:
         try:
             cases.append(prepare_case(row.case, row.image, row.mask, ckpt.preset.preprocess))
@@ -580,19 +712,23 @@ def main(argv: list[str] | None = None) -> int:
             status = fail(f"case {row.case}: {err}")
     for path in args.healthy:
         try:
-            healthy.append((str(path), prepare(healthy_scan(path).volume, ckpt.preset.preprocess)))
+            scan = healthy_scan(path)
+            healthy.append((str(path), prepare(scan.volume, ckpt.preset.preprocess)))
+            healthy_modalities.append(scan.modality)
         except ValueError as err:
             status = fail(err)
     if status:
         return status
+    intensity = (IntensityBaseline.calibrate(args.modality, healthy, healthy_modalities)
+                 if any(m.model_free for m in methods) else None)
 
-    evaluation = evaluate(detector, cases, methods, threshold, args.seed, healthy)
+    evaluation = evaluate(detector, cases, methods, threshold, args.seed, healthy, intensity)
     meta = {"manifest": str(args.manifest.resolve()), "modality": args.modality,
             "checkpoint": {"path": str(ckpt.path.resolve()), "sha256": ckpt.sha256, "step": ckpt.step,
                            "preset": preset_to_dict(ckpt.preset), "recommended": ckpt.recommended.to_payload()},
             "threshold_from": "command line" if args.threshold is not None else ckpt.recommended.source,
-            "device": str(detector.device), "precision": detector.precision,
-            "healthy": [str(p) for p in args.healthy]}
+            "device": str(detector.device), "precision": detector.precision, "draws": detector.draws,
+            "healthy": [str(p) for p in args.healthy], "healthy_modalities": healthy_modalities}
     try:
         paths = write_results(evaluation, args.out, meta, source=f"{args.manifest} ({args.modality})")
     except OSError as err:

@@ -1,4 +1,4 @@
-"""Segmentation metrics in numpy: Dice, IoU, precision, recall, and pixel-wise ROC AUC."""
+"""Segmentation metrics in numpy: Dice, IoU, precision, recall, pixel-wise ROC AUC and average precision (AUPRC)."""
 
 from __future__ import annotations
 
@@ -51,6 +51,23 @@ def roc_auc(score: np.ndarray, truth: np.ndarray) -> float:
         return float("nan")
     ranks = rankdata(s)                                   # average ranks handle ties
     return float((ranks[g].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def average_precision(score: np.ndarray, truth: np.ndarray) -> float:
+    """Pixel-wise AUPRC as average precision, sum over thresholds of (R_k - R_(k-1)) P_k, one threshold per distinct
+    score from the highest down (tied pixels enter together; sklearn's definition). NaN when nothing is anomalous."""
+    s, g = np.asarray(score, np.float64).ravel(), np.asarray(truth, bool).ravel()
+    if s.shape != g.shape:
+        raise ValueError(f"score size {s.size} differs from ground truth size {g.size}")
+    n_pos = int(g.sum())
+    if n_pos == 0:
+        return float("nan")
+    order = np.argsort(-s, kind="stable")
+    ranked, hits = s[order], np.cumsum(g[order])                   # (N,) each, highest score first
+    last = np.append(ranked[1:] != ranked[:-1], True)              # (N,) the last pixel of each tied run
+    tp, flagged = hits[last], np.flatnonzero(last) + 1             # (K,) at each threshold
+    gained = np.diff(tp, prepend=0) / n_pos                        # (K,) recall gained at each threshold
+    return float(np.sum(gained * tp / flagged))
 
 
 def all_metrics(pred: np.ndarray, score: np.ndarray, truth: np.ndarray) -> dict[str, float]:

@@ -6,10 +6,10 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
                                QProgressBar, QPushButton, QScrollArea, QSlider, QSpinBox, QVBoxLayout, QWidget)
 
-from ..core.anomaly import CONSENSUS_TIMESTEPS
+from ..core.anomaly import CONSENSUS_TIMESTEPS, DEFAULT_THRESHOLD
 from . import texts
 from .panels import MarkedSlider
-from .settings import SEED_MAX, THRESHOLD_RANGE, TIMESTEP_RANGE
+from .settings import DRAWS_MAX, SEED_MAX, THRESHOLD_RANGE, TIMESTEP_RANGE
 from .state import ViewState
 from .worker import ModelInfo
 
@@ -52,7 +52,7 @@ class ControlPanel(QScrollArea):
         self.setWidget(body)
         self.setMinimumWidth(body.sizeHint().width() + self.verticalScrollBar().sizeHint().width() + 4)
         state.changed.connect(self.sync)
-        for name in ("timestep", "threshold", "postprocess", "consensus", "votes", "seed", "device", "mask_style",
+        for name in ("timestep", "threshold", "postprocess", "consensus", "votes", "seed", "draws", "device", "mask_style",
                      "mask_opacity", "window"):
             self.sync(name)
 
@@ -90,8 +90,9 @@ class ControlPanel(QScrollArea):
             w.setToolTip(texts.TIMESTEP_TOOLTIP)
             w.valueChanged.connect(lambda v: self.state.set(timestep=int(v)))
         self.timestep_note = QLabel(texts.TIMESTEP_CONSENSUS.format(ts=", ".join(map(str, CONSENSUS_TIMESTEPS))))
-        self.threshold_slider = QSlider(Qt.Orientation.Horizontal)
+        self.threshold_slider = MarkedSlider()
         self.threshold_slider.setRange(0, THRESHOLD_STEPS)
+        self.threshold_slider.set_marks(self._position_of(DEFAULT_THRESHOLD))
         self.threshold_spin = QDoubleSpinBox()
         self.threshold_spin.setRange(*THRESHOLD_RANGE)
         self.threshold_spin.setDecimals(3)
@@ -111,6 +112,10 @@ class ControlPanel(QScrollArea):
         self.seed_spin = QSpinBox()
         self.seed_spin.setRange(0, SEED_MAX)
         self.seed_spin.valueChanged.connect(lambda v: self.state.set(seed=int(v)))
+        self.draws_spin = QSpinBox()
+        self.draws_spin.setRange(1, DRAWS_MAX)
+        self.draws_spin.setToolTip(texts.DRAWS_TOOLTIP)
+        self.draws_spin.valueChanged.connect(lambda v: self.state.set(draws=int(v)))
         form.addRow(texts.TIMESTEP_LABEL, _row(self.timestep_slider, self.timestep_spin))
         form.addRow(self.timestep_note)
         form.addRow(texts.THRESHOLD_LABEL, _row(self.threshold_slider, self.threshold_spin))
@@ -118,6 +123,7 @@ class ControlPanel(QScrollArea):
         form.addRow(self.consensus_box)
         form.addRow(texts.VOTES_LABEL, self.votes_spin)
         form.addRow(texts.SEED_LABEL, self.seed_spin)
+        form.addRow(texts.DRAWS_LABEL, self.draws_spin)
         return group
 
     def _display_group(self) -> QGroupBox:
@@ -182,6 +188,11 @@ class ControlPanel(QScrollArea):
         low, high = THRESHOLD_RANGE
         return round(low + (high - low) * position / THRESHOLD_STEPS, 3)
 
+    @staticmethod
+    def _position_of(threshold: float) -> int:
+        low, high = THRESHOLD_RANGE
+        return round((threshold - low) / (high - low) * THRESHOLD_STEPS)
+
     def _set(self, widget, value) -> None:
         widget.blockSignals(True)
         widget.setValue(value)
@@ -193,8 +204,7 @@ class ControlPanel(QScrollArea):
             self._set(self.timestep_slider, s.timestep)
             self._set(self.timestep_spin, s.timestep)
         elif name == "threshold":
-            low, high = THRESHOLD_RANGE
-            self._set(self.threshold_slider, round((s.threshold - low) / (high - low) * THRESHOLD_STEPS))
+            self._set(self.threshold_slider, self._position_of(s.threshold))
             self._set(self.threshold_spin, s.threshold)
         elif name == "postprocess":
             self.postprocess_box.setChecked(s.postprocess)
@@ -208,6 +218,8 @@ class ControlPanel(QScrollArea):
             self._set(self.votes_spin, s.votes)
         elif name == "seed":
             self._set(self.seed_spin, s.seed)
+        elif name == "draws":
+            self._set(self.draws_spin, s.draws)
         elif name == "device":
             self.device_combo.blockSignals(True)
             self.device_combo.setCurrentIndex(max(0, self.device_combo.findData(s.device)))
@@ -242,8 +254,10 @@ class ControlPanel(QScrollArea):
             rec = model.recommended
             self.model_label.setText(texts.MODEL_INFO.format(name=model.name, preset=model.preset,
                                                              size=model.image_size, step=model.step,
-                                                             timestep=rec.timestep, threshold=rec.threshold))
+                                                             timestep=rec.timestep, threshold=rec.threshold)
+                                     + (texts.MODEL_DRAWS.format(draws=rec.draws) if rec.draws > 1 else ""))
             self.model_label.setToolTip(texts.MODEL_TOOLTIP.format(path=model.path, source=rec.source))
+            self.threshold_slider.set_marks(self._position_of(DEFAULT_THRESHOLD), self._position_of(rec.threshold))
         self.device_label.setText(texts.DEVICE_ACTIVE.format(device=model.device, precision=model.precision)
                                   if model else "")
 

@@ -28,7 +28,7 @@ from .worker import Session, SliceRequest, VolumeRun, WorkerThread, cuda_availab
 AUTO_WINDOW_PERCENTILES = (0.5, 99.5)   # of the brain's model-space intensities, for the grey window
 SCREENSHOT_SIZE = (1500, 980)
 PAGE_STEP = 10                          # slices per PageUp / PageDown
-RESTORED = ("timestep", "threshold", "postprocess", "consensus", "votes", "seed", "device", "mask_style",
+RESTORED = ("timestep", "threshold", "postprocess", "consensus", "votes", "seed", "draws", "device", "mask_style",
             "mask_opacity")
 
 
@@ -377,8 +377,8 @@ class MainWindow(QMainWindow):
     def _model_loaded(self, session: Session) -> None:
         model, rec = session.model, session.model.recommended
         if model.path != self._settings_from:              # a new checkpoint, not a new device: its own settings
-            self.state.set(**{k: v for k, v in (("timestep", rec.timestep), ("threshold", rec.threshold))
-                              if k not in self.pinned_settings})
+            self.state.set(**{k: v for k, v in (("timestep", rec.timestep), ("threshold", rec.threshold),
+                                                 ("draws", rec.draws)) if k not in self.pinned_settings})
             self._settings_from = model.path
         self._checkpoint_path = model.path
         text = texts.STATUS_CHECKPOINT
@@ -434,6 +434,8 @@ class MainWindow(QMainWindow):
             self._user_checkpoint = None
             self._checkpoint_path = self.session.model.path if self.session and self.session.model else None
             self.controls.show_model(self.session.model if self.session else None, self.state.device)
+        elif kind == "draws":
+            text = texts.ERROR_DRAWS.format(message=message)
         elif kind == "device":
             text = texts.ERROR_DEVICE.format(message=message)
             if self.session is not None:
@@ -498,6 +500,8 @@ class MainWindow(QMainWindow):
             self.panels.set_levels(*self._model_levels())
         elif name in ("mask_style", "mask_opacity"):
             self._sync_mask_style()
+        elif name == "draws":
+            self.worker.set_draws(self.state.draws)
         elif name == "device":
             self.worker.set_device(self.state.device)
         self._update_titles()

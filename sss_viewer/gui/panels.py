@@ -20,6 +20,7 @@ CONTOUR_COLOR = (80, 255, 120)    # overlay contour: green stands out on grey an
 BRAIN_COLOR = (90, 200, 255)      # outline of an extracted brain (dashed): cyan, apart from the mask's green
 LETTER_COLOR = "#f0c040"
 BAND_COLOR = QColor(90, 160, 255, 110)
+MARK_COLORS = (QColor(150, 150, 150), QColor(230, 120, 20))   # slider marks: the paper's value, the checkpoint's
 COLORBAR_WIDTH = 64               # colour bar with its axis; the other panels reserve the same width
 
 
@@ -228,18 +229,25 @@ class ImagePanels(QWidget):
 
 
 class MarkedSlider(QSlider):
-    """A horizontal slider that shades one band of its range (the brain slices, the paper's timesteps)."""
+    """A horizontal slider that shades one band of its range (the brain slices, the paper's timesteps) and draws
+    tick marks at given values (the paper's threshold in grey, the checkpoint's calibrated one in orange)."""
 
     def __init__(self, parent=None):
         super().__init__(Qt.Orientation.Horizontal, parent)
         self._band: tuple[int, int] | None = None
+        self.marks: tuple[int, ...] = ()
 
     def set_band(self, low: int, high: int) -> None:
         self._band = (low, high)
         self.update()
 
+    def set_marks(self, *values: int) -> None:
+        """Tick marks at these slider values, coloured in the order of MARK_COLORS."""
+        self.marks = values
+        self.update()
+
     def paintEvent(self, event) -> None:
-        if self._band is not None and self.maximum() > self.minimum():
+        if (self._band is not None or self.marks) and self.maximum() > self.minimum():
             opt = QStyleOptionSlider()
             self.initStyleOption(opt)
             groove = self.style().subControlRect(QStyle.ComplexControl.CC_Slider, opt,
@@ -253,8 +261,11 @@ class MarkedSlider(QSlider):
                 return x0 + span * (value - self.minimum()) / (self.maximum() - self.minimum())
 
             painter = QPainter(self)
-            painter.fillRect(int(x(self._band[0])), groove.center().y() - 5,
-                             max(2, int(x(self._band[1]) - x(self._band[0]))), 10, BAND_COLOR)
+            if self._band is not None:
+                painter.fillRect(int(x(self._band[0])), groove.center().y() - 5,
+                                 max(2, int(x(self._band[1]) - x(self._band[0]))), 10, BAND_COLOR)
+            for value, color in zip(self.marks, MARK_COLORS):
+                painter.fillRect(int(x(value)) - 1, groove.top() - 3, 3, groove.height() + 6, color)
             painter.end()
         super().paintEvent(event)
 

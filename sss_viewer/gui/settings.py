@@ -17,6 +17,7 @@ MAX_RECENT = 10
 TIMESTEP_RANGE = (50, 600)
 THRESHOLD_RANGE = (0.0, 1.0)
 SEED_MAX = 2 ** 31 - 1
+DRAWS_MAX = 16           # noise draws per slice in the viewer (each is one more model call)
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -43,6 +44,7 @@ DEFAULTS: dict[str, Any] = {
     "consensus": False,
     "votes": len(CONSENSUS_TIMESTEPS) // 2 + 1,
     "seed": 0,
+    "draws": 1,
     "device": "auto",
     "mask_style": "contour",
     "mask_opacity": 0.6,
@@ -59,6 +61,7 @@ VALID: dict[str, Callable[[Any], bool]] = {
     "consensus": lambda v: isinstance(v, bool),
     "votes": lambda v: _is_int(v) and 1 <= v <= len(CONSENSUS_TIMESTEPS),
     "seed": lambda v: _is_int(v) and 0 <= v <= SEED_MAX,
+    "draws": lambda v: _is_int(v) and 1 <= v <= DRAWS_MAX,
     "device": lambda v: v in DEVICES,
     "mask_style": lambda v: v in texts.MASK_STYLES,
     "mask_opacity": _in(0.0, 1.0),

@@ -16,6 +16,7 @@ FIELDS: dict[str, Any] = {
     "consensus": DEFAULTS["consensus"],          # common regions over CONSENSUS_TIMESTEPS
     "votes": DEFAULTS["votes"],                  # timesteps that must agree in consensus mode
     "seed": DEFAULTS["seed"],                    # noise seed
+    "draws": DEFAULTS["draws"],                  # noise draws averaged per slice (K model calls)
     "device": DEFAULTS["device"],                # "auto", "cpu" or "cuda", as asked for
     "mask_style": DEFAULTS["mask_style"],        # "contour" or "fill"
     "mask_opacity": DEFAULTS["mask_opacity"],    # overlay opacity, 0..1

@@ -49,6 +49,7 @@ class ModelInfo:
     precision: str  # its arithmetic: "bf16" or "fp32" (Detector.precision)
     recommended: Recommended  # the timestep and threshold the checkpoint is meant to run at
     modality: str | None      # the MR contrast it was trained on; None when the file does not say
+    draws: int                # noise draws averaged per slice (Detector.draws)
 
 
 @dataclass(frozen=True, eq=False)
@@ -112,7 +113,13 @@ class _SetDevice:
     device: str
 
 
-_KINDS = {_OpenVolume: "volume", _LoadCheckpoint: "checkpoint", _SetDevice: "device", SliceRequest: "slice",
+@dataclass(frozen=True)
+class _SetDraws:
+    draws: int
+
+
+_KINDS = {_OpenVolume: "volume", _LoadCheckpoint: "checkpoint", _SetDevice: "device", _SetDraws: "draws",
+          SliceRequest: "slice",
           VolumeRun: "run"}
 
 
@@ -153,6 +160,7 @@ class InferenceWorker(QObject):
         self._detector: Detector | None = None
         self._model_info: ModelInfo | None = None
         self._device = "auto"
+        self._draws = 1          # noise draws asked for; every Detector made from now on uses them
         self._volume: Volume | None = None
         self._scan: Scan | None = None
         self._model_volume: ModelVolume | None = None
@@ -183,6 +191,9 @@ class InferenceWorker(QObject):
 
     def set_device(self, device: str) -> None:
         self._push(_SetDevice(device))
+
+    def set_draws(self, draws: int) -> None:
+        self._push(_SetDraws(draws))
 
     def request_slice(self, request: SliceRequest) -> None:
         """Make request the newest; a pending older one is dropped before it starts."""
@@ -245,6 +256,8 @@ class InferenceWorker(QObject):
                 self._load_checkpoint(job)
             elif isinstance(job, _SetDevice):
                 self._set_device(job)
+            elif isinstance(job, _SetDraws):
+                self._set_draws(job)
             elif isinstance(job, SliceRequest):
                 self._compute_slice(job)
             else:
@@ -268,7 +281,8 @@ class InferenceWorker(QObject):
         self._model_info = ModelInfo(name=checkpoint.name, path=checkpoint.path, preset=preset_name(checkpoint.preset),
                                      image_size=checkpoint.preset.model.image_size, step=checkpoint.step,
                                      device=str(detector.device), precision=detector.precision,
-                                     recommended=checkpoint.recommended, modality=checkpoint.modality)
+                                     recommended=checkpoint.recommended, modality=checkpoint.modality,
+                                     draws=detector.draws)
 
     def _preprocess(self) -> PreprocessConfig:
         return self._checkpoint.preset.preprocess if self._checkpoint is not None else PreprocessConfig()
@@ -295,7 +309,7 @@ class InferenceWorker(QObject):
 
     def _load_checkpoint(self, job: _LoadCheckpoint) -> None:
         ckpt = load_checkpoint(job.path, "cpu")
-        detector = Detector(ckpt.model, ckpt.preset, job.device)
+        detector = Detector(ckpt.model, ckpt.preset, job.device, draws=self._draws)
         geometry = (self._model_volume, self._display, self._outline)
         if self._scan is not None and self._model_volume.cfg != ckpt.preset.preprocess:
             geometry = self._geometry(self._scan, ckpt.preset.preprocess)
@@ -313,8 +327,17 @@ class InferenceWorker(QObject):
             self._device = job.device
             self._publish(new_results=False)
             return
-        self._use_model(self._checkpoint, Detector(self._checkpoint.model, self._checkpoint.preset, job.device),
-                        job.device)
+        self._use_model(self._checkpoint, Detector(self._checkpoint.model, self._checkpoint.preset, job.device,
+                                                   draws=self._draws), job.device)
+        self._publish(new_results=True)
+
+    def _set_draws(self, job: _SetDraws) -> None:
+        """Average K noise draws per slice from now on: a new Detector and fresh results (other numbers)."""
+        self._draws = job.draws
+        if self._detector is None or self._detector.draws == job.draws:
+            return
+        self._use_model(self._checkpoint, Detector(self._checkpoint.model, self._checkpoint.preset, self._device,
+                                                   draws=job.draws), self._device)
         self._publish(new_results=True)
 
     def _reconstruct(self, indices: list[int], timestep: int, seed: int) -> None:
