@@ -71,6 +71,8 @@ def test_three_outputs_on_the_input_grid(tmp_path, checkpoint, capsys):
     assert set(report["timings_s"]) == {"load", "preprocess", "model", "postprocess", "write", "total"}
     assert report["parameters"]["timesteps"] == [300] and report["parameters"]["seed"] == 3
     assert report["parameters"]["postprocess"] is True and report["parameters"]["threshold"] == 0.3
+    assert report["parameters"]["map_options"] == {"lowpass": 0.0, "median": 0, "erode": 0, "min_area": 0,
+                                                   "persist": 0, "name": ""}             # the paper's maps
     first, last = report["slice_range"]
     assert (first, last) == (1, 6)
     assert [s["slice"] for s in report["slice_scores"]] == list(range(first, last + 1))
@@ -139,6 +141,27 @@ def test_oracle_finds_the_cube_exactly(tmp_path, monkeypatch, capsys):
     mask = np.asarray(nib.load(str(tmp_path / "pp" / "cube_mask.nii.gz")).dataobj).astype(bool)
     dilated = np.stack([ndimage.binary_dilation(cube[:, :, k], np.ones((3, 3))) for k in range(8)], axis=2)
     np.testing.assert_array_equal(mask, dilated)       # 3x3 dilation in each axial slice, one region kept
+
+    # Map hygiene: the cube spans 4 slices, so --persist 4 keeps it and --persist 5 drops it; a 2-pixel erosion
+    # leaves a 6 x 6 square well inside the brain; regions under 37 px go, 36 px stay; a 3 x 3 median takes the
+    # square's corners; a slight low-pass keeps it.
+    corners = np.zeros_like(cube)
+    corners[np.ix_([5, 10], [20, 25], range(2, 6))] = True
+    for flags, kept in ((["--persist", "4", "--erode", "2", "--min-area", "36"], cube), (["--persist", "5"], None),
+                        (["--min-area", "37"], None), (["--median", "3"], cube & ~corners),
+                        (["--lowpass", "0.5"], cube)):
+        out = tmp_path / "_".join(flags)
+        status, _ = run([src, "--out", out, "--checkpoint", "unused.pt", "--device", "cpu", "--no-postprocess",
+                         *flags], capsys)
+        assert status == 0
+        mask = np.asarray(nib.load(str(out / "cube_mask.nii.gz")).dataobj).astype(bool)
+        np.testing.assert_array_equal(mask, np.zeros_like(cube) if kept is None else kept, err_msg=str(flags))
+        options = json.loads((out / "cube.json").read_text())["parameters"]["map_options"]
+        given = {flags[i].lstrip("-").replace("-", "_"): float(flags[i + 1]) for i in range(0, len(flags), 2)}
+        assert {k: options[k] for k in given} == given
+    assert options["name"] == "_lp0.5" and options["median"] == 0
+    status, errors = run([src, "--out", tmp_path / "bad", "--checkpoint", "unused.pt", "--median", "4"], capsys)
+    assert status == 2 and len(errors) == 1 and "odd" in errors[0] and not (tmp_path / "bad").exists()
 
 
 def test_bad_inputs_are_reported_and_leave_nothing(tmp_path, checkpoint, capsys):

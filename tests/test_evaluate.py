@@ -13,6 +13,7 @@ import pytest
 
 from sss_viewer.core.anomaly import Reconstruction
 from sss_viewer.core.config import PreprocessConfig
+from sss_viewer.core.hygiene import MapOptions
 from trainer import evaluate as ev
 from trainer import figures
 from trainer.baselines import IntensityBaseline, budget_threshold
@@ -273,6 +274,7 @@ def test_methods_at_any_timestep_and_case_selection(tmp_path):
                                                                   "SSS t = 175 (with postprocessing)")
     assert ev.method_named("anoddpm90").iterative and ev.method_named("sss") is None
     assert ev.method_named("sss3000") is None and ev.method_named("ssx200") is None
+    assert ev.method_named("sss300").options == MapOptions() == ev.method_named("anoddpm90_pp").options
     manifest = write_manifest(tmp_path, [["a", "t1", "a.nii.gz", "a_seg.nii.gz", ""],
                                          ["b", "t1", "b.nii.gz", "b_seg.nii.gz", ""],
                                          ["b", "flair", "bf.nii.gz", "b_seg.nii.gz", ""]])
@@ -324,3 +326,62 @@ def test_intensity_baseline_threshold_and_blobs(tmp_path):
     assert "Cross-modality" in IntensityBaseline.calibrate("flair", bright, ["t1"]).describe()
     with pytest.raises(ev.EvalError, match="IntensityBaseline"):
         ev.evaluate(OracleDetector(), [case], methods)
+
+
+def test_method_names_with_map_hygiene_round_trip():
+    for name in ("sss300_lp1_med3_er2_min20_3d3_pp", "sss250_lp1.5", "sss300_med5", "sss300_er2_pp", "sss175_min20",
+                 "sss300_3d3", "anoddpm250_med3_pp"):
+        m = ev.method_named(name)
+        assert m.name == name and ev.method_named(m.name) == m
+        kind = "anoddpm" if m.iterative else "sss"
+        assert f"{kind}{m.timesteps[0]}{m.options.name}{'_pp' if m.postprocess else ''}" == name
+    m = ev.method_named("sss300_lp1_med3_er2_min20_3d3_pp")
+    assert m.options == MapOptions(lowpass=1, median=3, erode=2, min_area=20, persist=3) and m.postprocess
+    assert m.label == ("SSS t = 300, low-pass σ 1 px, median 3×3, brain eroded 2 px, regions ≥ 20 px, 3-D regions "
+                       "over ≥ 3 slices (whole volumes) (with postprocessing)")
+    assert ev.method_named("sss300_lp1.0_med03").name == "sss300_lp1_med3"          # canonical
+    assert ev.method_named("sss300_med0_pp") is ev.METHODS["sss300_pp"]
+    for bad in ("sss300_pp_med3", "sss300_med3_lp1", "sss300_lp", "sss300_3d", "consensus_med3"):
+        assert ev.method_named(bad) is None, bad                                    # fixed order, values required
+    with pytest.raises(ValueError, match="odd"):
+        ev.method_named("sss300_med4")
+    assert [m.name for m in ev.parse_methods("sss300_med3,sss300_med03,sss300")] == ["sss300_med3", "sss300"]
+    with pytest.raises(Exception, match="odd"):
+        ev.parse_methods("sss300_med4")
+    methods_help = next(a.help for a in ev.build_parser()._actions if "--methods" in a.option_strings)
+    assert "sss<T>[_lp<sigma>][_med<k>][_er<px>][_min<px>][_3d<n>][_pp]" in methods_help
+
+
+def test_map_hygiene_in_the_protocol_and_volume_metrics(tmp_path):
+    """Oracle squares (8 x 8 on lesion slices 2..5): _3d5 empties the volume masks and leaves the protocol slices,
+    _3d4 keeps them; _min65 drops every square; _er2 leaves these (far from the rim) alone; _lp1 blurs the map."""
+    case = ev.prepare_case("c1", *synthetic_case(tmp_path), NO_MARGIN)
+    healthy = ev.prepare_case("h", *synthetic_case(tmp_path, "h"), NO_MARGIN).volume
+    names = ("sss300", "sss300_3d5", "sss300_3d4", "sss300_min65", "sss300_min64", "sss300_er2", "sss300_lp1",
+             "sss300_med3_pp")
+    methods = [ev.method_named(n) for n in names]
+    result = ev.evaluate(OracleDetector(), [case], methods, threshold=0.3, healthy=[("h", healthy)])
+    rows = {r["method"]: r for r in result.table}
+    vol = result.results[0].volume
+    for name in ("sss300_3d5", "sss300_3d4", "sss300_min64", "sss300_er2"):   # the protocol: no persist
+        assert rows[name]["dice_mean"] == rows["sss300"]["dice_mean"] == pytest.approx(0.625)
+    assert vol["sss300_3d5"]["dice"] == 0.0 and vol["sss300_3d5"]["best_dice"] == 0.0
+    assert result.healthy_fpr["sss300_3d5"]["mean"] == 0.0
+    for name in ("sss300_3d4", "sss300_min64", "sss300_er2"):
+        assert vol[name]["dice"] == vol["sss300"]["dice"] and vol[name]["auprc"] == vol["sss300"]["auprc"]
+        assert result.healthy_fpr[name]["mean"] == result.healthy_fpr["sss300"]["mean"]
+    assert rows["sss300_min65"]["dice_mean"] == 0.0 and vol["sss300_min65"]["dice"] == 0.0
+    assert rows["sss300_min65"]["auc_mean"] == rows["sss300"]["auc_mean"]   # the map itself is unchanged
+    # Low-pass: the blurred square's error is below 1 at its rim, so the 0.3 mask shrinks (and the AUC changes).
+    lp = result.results[0].maps(ev.method_named("sss300_lp1"))[0]           # (4, 32, 32)
+    assert lp.max() < 1.0 and lp[0, 15, 17] > 0.9 and lp[0, 12, 14] < 0.3
+    assert rows["sss300_lp1"]["auc_mean"] != rows["sss300"]["auc_mean"]
+    assert rows["sss300_med3_pp"]["dice_mean"] > 0
+    md = ev.table_md(result, "synthetic")
+    assert "| SSS t = 300, 3-D regions over ≥ 5 slices (whole volumes) |" in md
+    assert "has no neighbouring slices, so its masks are made without it" in md
+    extra = ev.extra_json(result, {})
+    assert extra["map_options"]["per_method"]["sss300_lp1"]["lowpass"] == 1.0
+    assert extra["map_options"]["per_method"]["sss300"]["name"] == ""
+    plain = ev.evaluate(OracleDetector(), [case], methods[:1], threshold=0.3)
+    assert "Map hygiene" not in ev.table_md(plain, "synthetic")              # the paper's rows: the paper's text

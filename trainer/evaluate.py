@@ -24,10 +24,11 @@ from tqdm import tqdm
 import sss_viewer
 from sss_viewer.cli import bad_input
 from sss_viewer.core.anomaly import (CONSENSUS_TIMESTEPS, DEFAULT_THRESHOLD, PRECISION_HELP, PRECISIONS, PostProcess,
-                                     consensus_mask, make_mask)
+                                     Reconstruction, consensus_mask, make_mask)
 from sss_viewer.core.checkpoint import load_detector, preset_to_dict
 from sss_viewer.core.config import PreprocessConfig
 from sss_viewer.core.files import atomic_write_text
+from sss_viewer.core.hygiene import MapOptions, keep_persistent
 from sss_viewer.core.metrics import all_metrics, average_precision, dice, roc_auc
 from sss_viewer.core.inputs import open_scan
 from sss_viewer.core.volume import ModelVolume, load_mask, prepare
@@ -58,6 +59,7 @@ class Method:
     timesteps: tuple[int, ...]   # one heat map per timestep; none: the model-free intensity baseline
     iterative: bool              # AnoDDPM's reverse chain instead of one model call
     postprocess: bool            # 3x3 dilation + largest connected region
+    options: MapOptions = MapOptions()   # map hygiene beyond the paper (name suffixes _lp, _med, _er, _min, _3d)
 
     @property
     def model_free(self) -> bool:
@@ -69,10 +71,13 @@ class Method:
         """The thresholds a best-threshold Dice tries, in the heat map's units."""
         return INTENSITY_SWEEP if self.model_free else SWEEP_THRESHOLDS
 
-    def segment(self, errors: Sequence[np.ndarray], threshold: float) -> np.ndarray:
-        """Mask from one (n, S, S) heat map per timestep: E > threshold (+ post-processing); several: majority vote."""
-        masks = [make_mask(e, threshold, PostProcess(enabled=self.postprocess)) for e in errors]
-        return masks[0] if len(masks) == 1 else consensus_mask(masks)
+    def segment(self, errors: Sequence[np.ndarray], threshold: float, volume: bool = False) -> np.ndarray:
+        """Mask from one (n, S, S) heat map per timestep: E > threshold (+ post-processing, + min_area); several:
+        majority vote. volume: the maps are a whole volume's consecutive slices, so persist applies too."""
+        pp = self.options.postprocess(PostProcess(enabled=self.postprocess))
+        masks = [make_mask(e, threshold, pp) for e in errors]
+        mask = masks[0] if len(masks) == 1 else consensus_mask(masks)
+        return keep_persistent(mask, self.options.persist) if volume and self.options.persist else mask
 
     @staticmethod
     def heat(errors: Sequence[np.ndarray]) -> np.ndarray:
@@ -100,19 +105,34 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 )}
 BASELINES = ("intensity", "intensity_pp")
 DEFAULT_METHODS = ("sss250", "sss300", "sss250_pp", "sss300_pp", "consensus", *BASELINES)
-_METHOD_NAME = re.compile(r"^(sss|anoddpm)(\d{1,3})(_pp)?$")
+_METHOD_NAME = re.compile(r"^(sss|anoddpm)(\d{1,3})(?:_lp(\d+(?:\.\d+)?))?(?:_med(\d+))?(?:_er(\d+))?(?:_min(\d+))?"
+                          r"(?:_3d(\d+))?(_pp)?$")
+METHOD_GRAMMAR = ("sss<T>[_lp<sigma>][_med<k>][_er<px>][_min<px>][_3d<n>][_pp] (anoddpm<T>... alike): T the "
+                  "timestep; _lp<sigma> the error of both images low-pass filtered alike (Gaussian sigma, model "
+                  "pixels, e.g. _lp1.5); _med<k> a k x k median filter of the heat map (k odd); _er<px> the brain "
+                  "eroded by px pixels; _min<px> regions under px pixels dropped; _3d<n> whole volumes only: 3-D "
+                  "regions kept when they span at least n slices; _pp the paper's dilation + largest region")
 
 
 def method_named(name: str) -> Method | None:
-    """A METHODS entry, or the same kind at another timestep (sss<T>, sss<T>_pp, anoddpm<T>[_pp]); None if neither."""
+    """A METHODS entry, or the same kind at another timestep with optional map hygiene (METHOD_GRAMMAR); None if
+    neither. The name comes back canonical (sss300_lp1.0_med03 -> sss300_lp1_med3; zeros dropped); an option value
+    that cannot be used (an even median window) raises ValueError."""
     if name in METHODS:
         return METHODS[name]
     found = _METHOD_NAME.match(name)
     if found is None:
         return None
-    kind, t, pp = found.group(1), int(found.group(2)), bool(found.group(3))
-    label = f"{'AnoDDPM' if kind == 'anoddpm' else 'SSS'} t = {t}" + (" (with postprocessing)" if pp else "")
-    return Method(name, label, (t,), kind == "anoddpm", pp)
+    kind, t, lp, med, er, area, persist, pp = found.groups()
+    t, pp = int(t), bool(pp)
+    options = MapOptions(lowpass=float(lp or 0), median=int(med or 0), erode=int(er or 0), min_area=int(area or 0),
+                         persist=int(persist or 0))
+    canonical = f"{kind}{t}{options.name}" + ("_pp" if pp else "")
+    if canonical in METHODS:
+        return METHODS[canonical]
+    label = (f"{'AnoDDPM' if kind == 'anoddpm' else 'SSS'} t = {t}{options.label}"
+             + (" (with postprocessing)" if pp else ""))
+    return Method(canonical, label, (t,), kind == "anoddpm", pp, options)
 
 
 class EvalError(ValueError):
@@ -224,10 +244,25 @@ class CaseResult:
     mask_seconds: dict[str, float] = field(default_factory=dict)        # per method: score, threshold, post-process
     volume: dict[str, dict[str, float]] = field(default_factory=dict)   # per non-iterative method: VOLUME_METRICS
     #                                         and best_threshold, over all brain slices
+    cleaned: dict = field(default_factory=dict, repr=False)   # per (run key, MapOptions.map_key): its heat map
 
     def maps(self, m: Method) -> list[np.ndarray]:
-        """The method's (n, S, S) heat maps on the protocol slices: one per timestep, or the baseline's score."""
-        return [self.score] if m.model_free else [self.runs[k].error for k in m.keys()]
+        """The method's (n, S, S) heat maps on the protocol slices: one per timestep (cleaned by its map options),
+        or the baseline's score."""
+        if m.model_free:
+            return [self.score]
+        if not m.options.map_level:
+            return [self.runs[k].error for k in m.keys()]
+        sel = list(self.case.slices)
+        x0, brain = self.case.volume.data[sel], self.case.volume.brain_mask[sel]     # (n, S, S) each
+        return [_cleaned(self.cleaned, (k, m.options.map_key), m.options, self.runs[k], x0, brain) for k in m.keys()]
+
+
+def _cleaned(cache: dict, key, options: MapOptions, run, x0: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """options.clean_map of a run's (n, S, S) error (x0 and brain its slices), made once per key."""
+    if key not in cache:
+        cache[key] = options.clean_map(run.error, brain, x0, run.recon)
+    return cache[key]
 
 
 @dataclass
@@ -259,25 +294,34 @@ class _Progress:
         return True
 
 
-def _volume_errors(detector, volume: ModelVolume, timesteps: Sequence[int], seed: int,
-                   progress: _Progress) -> dict[int, np.ndarray]:
-    """Single-step heat maps (n, S, S) of every brain slice (volume.slice_range) per timestep."""
+def _volume_runs(detector, volume: ModelVolume, timesteps: Sequence[int], seed: int,
+                 progress: _Progress) -> dict[int, Reconstruction]:
+    """Single-step reconstructions and heat maps (n, S, S) of every brain slice (volume.slice_range) per timestep."""
     first, last = volume.slice_range
     idx = list(range(first, last + 1))
     return {t: detector.reconstruct(volume.data[first:last + 1], t, seed=seed, indices=idx,
-                                    brain=volume.brain_mask[first:last + 1], progress=progress.start()).error
+                                    brain=volume.brain_mask[first:last + 1], progress=progress.start())
             for t in timesteps}
 
 
-def _whole_maps(m: Method, errors: dict[int, np.ndarray], score: np.ndarray | None) -> list[np.ndarray]:
-    """A non-iterative method's (n, S, S) heat maps over a volume's brain slices: per timestep, or the baseline's."""
-    return [score] if m.model_free else [errors[t] for t in m.timesteps]
+def _whole_maps(m: Method, runs: dict[int, Reconstruction], score: np.ndarray | None, volume: ModelVolume,
+                cache: dict) -> list[np.ndarray]:
+    """A non-iterative method's (n, S, S) heat maps over a volume's brain slices: per timestep (cleaned by its map
+    options, made once per cache), or the baseline's."""
+    if m.model_free:
+        return [score]
+    if not m.options.map_level:
+        return [runs[t].error for t in m.timesteps]
+    first, last = volume.slice_range
+    x0, brain = volume.data[first:last + 1], volume.brain_mask[first:last + 1]     # (n, S, S) each
+    return [_cleaned(cache, (t, m.options.map_key), m.options, runs[t], x0, brain) for t in m.timesteps]
 
 
 def dice_sweep(m: Method, maps: Sequence[np.ndarray], threshold: float, truth: np.ndarray) -> dict[str, float]:
     """Dice at `threshold` and the best Dice over m.sweep and it, with that threshold (the lowest on a tie):
-    optimistic, the threshold is chosen on the test volume. maps and truth (n, S, S)."""
-    curve = {thr: dice(m.segment(maps, thr), truth) for thr in sorted({*m.sweep, threshold})}
+    optimistic, the threshold is chosen on the test volume. maps and truth (n, S, S): a whole volume's consecutive
+    slices (the method's persist applies)."""
+    curve = {thr: dice(m.segment(maps, thr, volume=True), truth) for thr in sorted({*m.sweep, threshold})}
     best = max(curve, key=curve.get)
     return {"dice": curve[threshold], "best_dice": curve[best], "best_threshold": best}
 
@@ -311,17 +355,19 @@ def evaluate_case(detector, case: Case, methods: Sequence[Method], threshold: fl
     whole = [m for m in methods if not m.iterative]
     if whole:
         first, last = case.volume.slice_range
-        errors = _volume_errors(detector, case.volume, sorted({t for m in whole for t in m.timesteps}), seed, progress)
+        recs = _volume_runs(detector, case.volume, sorted({t for m in whole for t in m.timesteps}), seed, progress)
         score = intensity.score(case.volume, slice(first, last + 1)) if intensity is not None else None
         inside = case.volume.brain_mask[first:last + 1]                     # (n_brain, S, S)
         truth = case.truth[first:last + 1]                                  # (n_brain, S, S)
-        ranked: dict[tuple[int, ...], dict[str, float]] = {}               # per heat map: m and m_pp share one
+        ranked: dict[tuple, dict[str, float]] = {}                         # per heat map: m and m_pp share one
+        cache: dict = {}
         for m in whole:
-            maps = _whole_maps(m, errors, score)
-            if m.timesteps not in ranked:
+            maps = _whole_maps(m, recs, score, case.volume, cache)
+            key = (m.timesteps, m.options.map_key)
+            if key not in ranked:
                 heat, lesion = m.heat(maps)[inside], truth[inside]          # (N,) each: the brain pixels
-                ranked[m.timesteps] = {"auroc": roc_auc(heat, lesion), "auprc": average_precision(heat, lesion)}
-            result.volume[m.name] = {**dice_sweep(m, maps, result.thresholds[m.name], truth), **ranked[m.timesteps]}
+                ranked[key] = {"auroc": roc_auc(heat, lesion), "auprc": average_precision(heat, lesion)}
+            result.volume[m.name] = {**dice_sweep(m, maps, result.thresholds[m.name], truth), **ranked[key]}
     return result
 
 
@@ -369,12 +415,13 @@ def healthy_false_positives(detector, healthy: Sequence[tuple[str, ModelVolume]]
         timesteps = sorted({t for m in whole for t in m.timesteps})
         with tqdm(total=(last - first + 1) * len(timesteps), desc=f"healthy {name}", unit="slice", file=sys.stderr,
                   disable=None, leave=False) as bar:
-            errors = _volume_errors(detector, volume, timesteps, seed, _Progress(bar))
+            recs = _volume_runs(detector, volume, timesteps, seed, _Progress(bar))
         score = intensity.score(volume, slice(first, last + 1)) if intensity is not None else None
         brain = volume.brain_mask[first:last + 1]                           # (n, S, S)
+        cache: dict = {}
         for m in whole:
             own = intensity.threshold_for(volume) if m.model_free else threshold
-            flagged = m.segment(_whole_maps(m, errors, score), own) & brain
+            flagged = m.segment(_whole_maps(m, recs, score, volume, cache), own, volume=True) & brain
             per_volume[m.name][name] = float(np.count_nonzero(flagged) / max(1, np.count_nonzero(brain)))
     return {name: {"mean": float(np.mean(list(v.values()))), "per_volume": v} for name, v in per_volume.items()}
 
@@ -479,6 +526,21 @@ def _figure_method(ev: Evaluation) -> Method:
     return next((m for m in ev.methods if not m.model_free), ev.methods[0])
 
 
+def _hygiene_note(ev: Evaluation) -> str:
+    """table.md's words on the map hygiene options its rows use."""
+    persist = any(m.options.persist for m in ev.methods)
+    return ("Map hygiene (beyond the paper; in the row labels): low-pass σ: the heat map is the squared difference of "
+            "the slice and its reconstruction both blurred alike by a Gaussian of σ model pixels; median k×k: a "
+            "median filter of each slice's heat map; brain eroded: the heat map zeroed within that many pixels of "
+            "the brain mask's rim; regions ≥: connected regions of a slice's mask smaller than that are dropped "
+            "(after the dilation with postprocessing)."
+            + (" 3-D regions over ≥ n slices: in a whole volume's mask a 3-D connected region (6-connected) is kept "
+               "only when it spans at least n consecutive slices; **it applies to the per-volume metrics and the "
+               "healthy FPR only: the paper's 4-slice protocol table has no neighbouring slices, so its masks are made "
+               "without it**." if persist else "")
+            + " AUC, AUROC and AUPRC score the cleaned heat map.")
+
+
 def table_md(ev: Evaluation, source: str) -> str:
     """Table 2 of the paper for these cases, then the per-volume metrics the field reports."""
     n_cases = len(ev.results)
@@ -495,6 +557,7 @@ def table_md(ev: Evaluation, source: str) -> str:
            "Its heat map (for AUC) is the mean squared error over the timesteps.", ""]
           if any(m.name == "consensus" for m in ev.methods) else []),
         *([ev.intensity.describe(), ""] if any(m.model_free for m in ev.methods) else []),
+        *([_hygiene_note(ev), ""] if any(m.options != MapOptions() for m in ev.methods) else []),
         "| Method | Dice | IoU | Precision | Recall | AUC | Time (s) |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -591,6 +654,9 @@ def extra_json(ev: Evaluation, meta: dict) -> dict:
         "consensus": {"timesteps": list(CONSENSUS_TIMESTEPS), "votes": len(CONSENSUS_TIMESTEPS) // 2 + 1,
                       "masks": "each timestep thresholded and post-processed, then the majority vote"},
         "intensity_baseline": intensity_json(ev),
+        "map_options": {"note": "map hygiene per method (hygiene.MapOptions; all 0: the paper's maps); persist applies "
+                                "to whole volumes only (volume metrics, healthy FPR), not to the protocol slices",
+                        "per_method": {m.name: m.options.to_json() for m in ev.methods if not m.model_free}},
         "volume_dice": volume_dice_summary(ev),
         "volume_metrics": {"note": "per volume over all its brain slices, mean and std over cases: dice at the "
                                    "threshold used; best_dice (the best-threshold Dice) and best_threshold chosen on "
@@ -623,11 +689,15 @@ def write_results(ev: Evaluation, out_dir: str | os.PathLike, meta: dict, source
 
 def parse_methods(text: str) -> list[Method]:
     names = list(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
-    unknown = [n for n in names if method_named(n) is None]
+    try:
+        found = {n: method_named(n) for n in names}
+    except ValueError as err:                      # a name of the grammar with a value that cannot be used
+        raise argparse.ArgumentTypeError(f"{err}; method names: {METHOD_GRAMMAR}") from err
+    unknown = [n for n, m in found.items() if m is None]
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; "
-                                         f"choose from {','.join(METHODS)}, or sss<T>[_pp] at another timestep T")
-    return [method_named(n) for n in names]
+                                         f"choose from {','.join(METHODS)}, or {METHOD_GRAMMAR}")
+    return list({m.name: m for m in found.values()}.values())   # one row per canonical name
 
 
 def default_methods(recommended_timestep: int) -> list[Method]:
@@ -652,7 +722,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model checkpoint (default: the settings' default checkpoint, else the bundled demo one)")
     p.add_argument("--modality", default="t1", help="manifest rows to use (default t1)")
     p.add_argument("--methods", type=parse_methods, default=None, metavar="M1,M2,...",
-                   help=f"comma-separated, from {','.join(METHODS)}, or sss<T>[_pp] at any timestep T (default "
+                   help=f"comma-separated, from {','.join(METHODS)}, or {METHOD_GRAMMAR}, options in that order, "
+                        "each off when absent, e.g. sss300_lp1_med3_er2_min20_3d3_pp (default "
                         f"{','.join(DEFAULT_METHODS)}, plus sss<T>,sss<T>_pp at the checkpoint's recommended T); "
                         "the anoddpm* chains make lambda model calls per slice: slow on a CPU; intensity[_pp] is the "
                         "model-free baseline (signed intensity above a threshold calibrated on --healthy)")

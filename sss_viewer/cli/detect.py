@@ -23,6 +23,7 @@ from sss_viewer.core.anomaly import (CONSENSUS_TIMESTEPS, DEFAULT_THRESHOLD, DEF
                                      PRECISIONS, Detector, PostProcess, detect_volume)
 from sss_viewer.core.checkpoint import CheckpointError, LoadedCheckpoint, load_detector, preset_to_dict
 from sss_viewer.core.files import atomic_write_text
+from sss_viewer.core.hygiene import MapOptions
 from sss_viewer.core.inputs import SKULL_HELP, SKULL_MODES, open_scan
 from sss_viewer.core.modality import check_modality
 from sss_viewer.core.resources import default_checkpoint
@@ -77,6 +78,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--votes", type=int, metavar="K",
                    help="with --consensus: a pixel is kept when at least K timesteps flag it (default: a majority)")
     p.add_argument("--no-postprocess", action="store_true", help="skip the 3x3 dilation and largest-region step")
+    hygiene = p.add_argument_group(
+        "map hygiene", "beyond the paper, each off by default and recorded in the JSON's parameters.map_options; "
+                       "with --lowpass, --median or --erode the error map written is the cleaned heat map the mask "
+                       "is thresholded from")
+    hygiene.add_argument("--lowpass", type=float, default=0.0, metavar="S",
+                         help="compare like with like: the heat map is the squared difference of the slice and its "
+                              "reconstruction, both blurred by a Gaussian of sigma S model pixels (default 0: off)")
+    hygiene.add_argument("--median", type=int, default=0, metavar="K",
+                         help="K x K median filter of each slice's heat map, K odd (default 0: off)")
+    hygiene.add_argument("--erode", type=int, default=0, metavar="PX",
+                         help="zero the heat map within PX model pixels of the brain mask's rim (default 0: off)")
+    hygiene.add_argument("--min-area", type=int, default=0, metavar="PX",
+                         help="drop connected regions of a slice's mask smaller than PX model pixels, after the "
+                              "dilation unless --no-postprocess (default 0: off)")
+    hygiene.add_argument("--persist", type=int, default=0, metavar="N",
+                         help="keep a 3-D connected region of the volume's mask only when it spans at least N "
+                              "consecutive slices (default 0: off)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N] (default auto)")
     p.add_argument("--seed", type=int, default=0, help="noise seed; equal seeds give equal results (default 0)")
     p.add_argument("--draws", type=int, default=None, metavar="K",
@@ -174,7 +192,7 @@ class Settings:
 
 
 def process(path: Path, outs: Outputs, detector: Detector, ckpt: LoadedCheckpoint, args: argparse.Namespace,
-            settings: Settings, pp: PostProcess) -> dict:
+            settings: Settings, pp: PostProcess, options: MapOptions = MapOptions()) -> dict:
     """Detect on one volume and write its three files; on any failure none of them is left behind."""
     t_start = time.perf_counter()
     scan = open_scan(path, args.series, args.skull, args.brain_mask, detector.device)
@@ -194,7 +212,7 @@ def process(path: Path, outs: Outputs, detector: Detector, ckpt: LoadedCheckpoin
             bar.update(done - bar.n)
             return True
         result = detect_volume(detector, model_volume, timesteps, settings.threshold, pp, votes=args.votes,
-                               seed=args.seed, progress=progress)
+                               seed=args.seed, progress=progress, options=options)
     where = detector.volume_device
     mask = model_volume.to_canonical(result.mask, "nearest", result.first_slice, device=where)    # (X, Y, Z) bool
     error = model_volume.to_canonical(result.error, "linear", result.first_slice, device=where)   # (X, Y, Z) float32
@@ -218,7 +236,8 @@ def process(path: Path, outs: Outputs, detector: Detector, ckpt: LoadedCheckpoin
             "parameters": {"timesteps": list(timesteps), "consensus": len(timesteps) > 1,
                            "votes": (args.votes or len(timesteps) // 2 + 1) if len(timesteps) > 1 else None,
                            "threshold": settings.threshold, "settings_from": settings.source,
-                           "postprocess": pp.enabled, "seed": args.seed, "draws": detector.draws,
+                           "postprocess": pp.enabled, "map_options": options.to_json(),
+                           "seed": args.seed, "draws": detector.draws,
                            "batch_size": detector.batch_size, "device": str(detector.device),
                            "precision": detector.precision, "compiled": detector.compiled},
             "checkpoint": checkpoint_identity(ckpt),
@@ -256,6 +275,11 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"--votes {args.votes} must be between 1 and the {n_steps} consensus timesteps")
     if args.out.exists() and not args.out.is_dir():
         return fail(f"--out {args.out} is a file; give a folder")
+    try:
+        options = MapOptions(lowpass=args.lowpass, median=args.median, erode=args.erode, min_area=args.min_area,
+                             persist=args.persist)
+    except ValueError as err:
+        return fail(f"{err} (--lowpass, --median, --erode, --min-area, --persist)")
     if args.brain_mask is not None and len(args.volumes) > 1:
         return fail("--brain-mask belongs to one scan; run the inputs one at a time")
     inputs = [Path(v) for v in args.volumes]
@@ -294,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         try:
             ckpt, detector, settings = detector_for(path)
-            report = process(path, outs, detector, ckpt, args, settings, pp)
+            report = process(path, outs, detector, ckpt, args, settings, pp, options)
         except ValueError as err:  # VolumeError (the message names the file), CheckpointError
             status = fail(err)
             continue

@@ -16,6 +16,7 @@ from scipy import ndimage
 
 from .config import Preset
 from .diffusion import Diffusion
+from .hygiene import MapOptions
 from .volume import ModelVolume, lerp, percentile
 
 DEFAULT_TIMESTEP = 300
@@ -371,6 +372,11 @@ class Detector:
         return torch.tensor(a, dtype=dtype).to(self.device, non_blocking=True)
 
 
+def _host(a: np.ndarray | torch.Tensor) -> np.ndarray:
+    """A tensor's values as a host array; an array as it is."""
+    return a.cpu().numpy() if isinstance(a, torch.Tensor) else a
+
+
 @dataclass
 class VolumeDetection:
     """Whole-volume result in model space for the contiguous slices first_slice .. first_slice + n - 1."""
@@ -391,12 +397,16 @@ class VolumeDetection:
 def detect_volume(detector: Detector, volume: ModelVolume, timesteps: Sequence[int] = (DEFAULT_TIMESTEP,),
                   threshold: float = DEFAULT_THRESHOLD, pp: PostProcess = PostProcess(), votes: int | None = None,
                   seed: int = 0, slices: tuple[int, int] | None = None,
-                  progress: Callable[[int, int], bool] | None = None) -> VolumeDetection:
+                  progress: Callable[[int, int], bool] | None = None,
+                  options: MapOptions = MapOptions()) -> VolumeDetection:
     """Single-step detection on every slice of volume.slice_range (or `slices`, inclusive), batched.
 
     One timestep: mask = postprocess(E > threshold). Several (common regions): each timestep's mask is
     made that way and a pixel is kept when at least `votes` of them agree (default a majority).
     With a GPU detector (its volume_device) everything up to the results stays on the GPU.
+    `options` (hygiene.MapOptions, all off by default) clean each timestep's heat map (lowpass, median, erode: on
+    the host) before the threshold, add min_area to pp, and keep the volume mask's 3-D regions over at least
+    `persist` slices; the returned error is the cleaned heat map (mean over the timesteps).
     """
     first, last = volume.slice_range if slices is None else slices
     where = detector.volume_device
@@ -417,12 +427,17 @@ def detect_volume(detector: Detector, volume: ModelVolume, timesteps: Sequence[i
     if where is not None and where.type == "cuda":
         torch.cuda.synchronize(where)
     seconds = time.perf_counter() - start
+    if options.map_level:                                                 # hygiene's maps: NumPy on the host
+        x0, brain = _host(x0), _host(brain)
+        runs = [(r, options.clean_map(_host(e), brain, x0, r)) for r, e in ((_host(r), e) for r, e in runs)]
+    pp = options.postprocess(pp)
     masks = [make_mask(error, threshold, pp) for _, error in runs]
     mask = masks[0] if len(masks) == 1 else consensus_mask(masks, votes)
     errors = [e for _, e in runs]
-    error = errors[0] if len(errors) == 1 else (torch.stack(errors).mean(dim=0) if where is not None
+    error = errors[0] if len(errors) == 1 else (torch.stack(errors).mean(dim=0) if isinstance(errors[0], torch.Tensor)
                                                 else np.mean(errors, axis=0))
     scores = slice_scores(error, brain)
-    recon, error, mask = (v.cpu().numpy() if isinstance(v, torch.Tensor) else v for v in (runs[0][0], error, mask))
+    recon, error, mask = (_host(v) for v in (runs[0][0], error, mask))
+    mask = options.volume_mask(mask)                                      # (n, S, S) 3-D consistency
     return VolumeDetection(first_slice=first, timesteps=tuple(timesteps), recon=recon, error=error, mask=mask,
                            scores=scores, seconds=seconds)
