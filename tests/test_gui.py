@@ -676,3 +676,33 @@ def test_threshold_slider_marks_the_papers_and_the_checkpoints_thresholds(qtbot,
     wait_for(qtbot, lambda: w.session.model.path == tmp_path / "calibrated.pt")
     assert slider.marks == (paper, w.controls._position_of(0.17)) and slider.value() == slider.marks[1]
     w.controls.grab().save(str(tmp_path / "controls.png"))
+
+
+def test_3d_persistence_applies_after_a_whole_volume_run(qtbot, window, tmp_path):
+    """Per slice until every brain slice is computed; then regions spanning fewer slices than asked are dropped,
+    on screen and in the export, without a model call."""
+    from sss_viewer.core.hygiene import keep_persistent
+    w = window
+    w.worker.cpu_chunk = 16
+    w.state.set(threshold=0.05, postprocess=False)                      # a noisy tiny model: many small regions
+    w.controls.persist_spin.setValue(3)
+    assert w.volume_mask() is None and "3-D" not in w.panels.mask.title.text()
+    z = w.state.slice
+    per_slice = w.shown.mask(0.05, False, w.state.votes)
+    assert np.array_equal(w.panels._mask, per_slice)                    # not complete: the slice's own mask
+    with qtbot.waitSignal(w.run_done, timeout=60_000):
+        w.run_whole_volume()
+    calls = w.worker.model_calls
+    first, last = w.session.model_volume.slice_range
+    whole = np.stack([w.session.cache.view(k, w.timesteps(), w.state.seed).mask(0.05, False, w.state.votes)
+                      if first <= k <= last else np.zeros_like(per_slice) for k in range(w.session.model_volume.n_slices)])
+    expected = keep_persistent(whole, 3)
+    assert np.array_equal(w.volume_mask(), expected) and np.array_equal(w.panels._mask, expected[z])
+    assert expected.sum() < whole.sum()                                 # something was dropped
+    assert "3-D regions ≥ 3 slices" in w.panels.mask.title.text()
+    w.controls.persist_spin.setValue(0)                                 # off: the slice's own mask again
+    assert np.array_equal(w.panels._mask, per_slice) and w.worker.model_calls == calls
+    plain = nib.load(str(w.export_nifti(tmp_path / "plain", compute_missing=False)[0])).get_fdata() > 0
+    w.controls.persist_spin.setValue(3)
+    kept = nib.load(str(w.export_nifti(tmp_path / "3d", compute_missing=False)[0])).get_fdata() > 0
+    assert kept.sum() < plain.sum() and not (kept & ~plain).any()      # the export is the persistent mask

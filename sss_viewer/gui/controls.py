@@ -9,7 +9,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout
 from ..core.anomaly import CONSENSUS_TIMESTEPS, DEFAULT_THRESHOLD
 from . import texts
 from .panels import MarkedSlider
-from .settings import DRAWS_MAX, SEED_MAX, THRESHOLD_RANGE, TIMESTEP_RANGE
+from .settings import DRAWS_MAX, PERSIST_MAX, SEED_MAX, THRESHOLD_RANGE, TIMESTEP_RANGE
 from .state import ViewState
 from .worker import ModelInfo
 
@@ -52,7 +52,7 @@ class ControlPanel(QScrollArea):
         self.setWidget(body)
         self.setMinimumWidth(body.sizeHint().width() + self.verticalScrollBar().sizeHint().width() + 4)
         state.changed.connect(self.sync)
-        for name in ("timestep", "threshold", "postprocess", "consensus", "votes", "seed", "draws", "device", "mask_style",
+        for name in ("timestep", "threshold", "postprocess", "consensus", "votes", "seed", "draws", "persist", "device", "mask_style",
                      "mask_opacity", "window"):
             self.sync(name)
 
@@ -116,6 +116,11 @@ class ControlPanel(QScrollArea):
         self.draws_spin.setRange(1, DRAWS_MAX)
         self.draws_spin.setToolTip(texts.DRAWS_TOOLTIP)
         self.draws_spin.valueChanged.connect(lambda v: self.state.set(draws=int(v)))
+        self.persist_spin = QSpinBox()
+        self.persist_spin.setRange(0, PERSIST_MAX)
+        self.persist_spin.setSpecialValueText(texts.PERSIST_OFF)
+        self.persist_spin.setToolTip(texts.PERSIST_TOOLTIP)
+        self.persist_spin.valueChanged.connect(lambda v: self.state.set(persist=int(v)))
         form.addRow(texts.TIMESTEP_LABEL, _row(self.timestep_slider, self.timestep_spin))
         form.addRow(self.timestep_note)
         form.addRow(texts.THRESHOLD_LABEL, _row(self.threshold_slider, self.threshold_spin))
@@ -124,6 +129,7 @@ class ControlPanel(QScrollArea):
         form.addRow(texts.VOTES_LABEL, self.votes_spin)
         form.addRow(texts.SEED_LABEL, self.seed_spin)
         form.addRow(texts.DRAWS_LABEL, self.draws_spin)
+        form.addRow(texts.PERSIST_LABEL, self.persist_spin)
         return group
 
     def _display_group(self) -> QGroupBox:
@@ -220,6 +226,8 @@ class ControlPanel(QScrollArea):
             self._set(self.seed_spin, s.seed)
         elif name == "draws":
             self._set(self.draws_spin, s.draws)
+        elif name == "persist":
+            self._set(self.persist_spin, s.persist)
         elif name == "device":
             self.device_combo.blockSignals(True)
             self.device_combo.setCurrentIndex(max(0, self.device_combo.findData(s.device)))

@@ -20,7 +20,7 @@ from .controls import ControlPanel
 from .coords import voxel_at
 from .input_options import BrainMenu, ask_series, input_summary
 from .panels import ImagePanels, MarkedSlider, ScorePlot
-from .results import SliceView
+from .results import SliceView, volume_mask
 from .settings import Settings
 from .state import ViewState
 from .worker import Session, SliceRequest, VolumeRun, WorkerThread, cuda_available
@@ -28,7 +28,7 @@ from .worker import Session, SliceRequest, VolumeRun, WorkerThread, cuda_availab
 AUTO_WINDOW_PERCENTILES = (0.5, 99.5)   # of the brain's model-space intensities, for the grey window
 SCREENSHOT_SIZE = (1500, 980)
 PAGE_STEP = 10                          # slices per PageUp / PageDown
-RESTORED = ("timestep", "threshold", "postprocess", "consensus", "votes", "seed", "draws", "device", "mask_style",
+RESTORED = ("timestep", "threshold", "postprocess", "consensus", "votes", "seed", "draws", "persist", "device", "mask_style",
             "mask_opacity")
 
 
@@ -84,6 +84,7 @@ class MainWindow(QMainWindow):
         self._settings_from: Path | None = None     # the checkpoint whose recommended settings were applied
         self._checkpoint_note: str | None = None    # why no checkpoint was loaded at start
         self._error_box: QMessageBox | None = None
+        self._volume_mask: tuple = (None, None)     # (settings key, 3-D persistent whole-volume mask)
 
         self.threads = WorkerThread()
         self.worker = self.threads.worker  # its signals reach the slots below queued, on this (GUI) thread
@@ -494,8 +495,9 @@ class MainWindow(QMainWindow):
         elif name in ("timestep", "consensus", "seed"):
             self._refresh_view()
             self._refresh_scores()
-        elif name in ("threshold", "postprocess", "votes"):
+        elif name in ("threshold", "postprocess", "votes", "persist"):
             self._refresh_mask()
+            self._update_titles()
         elif name == "window":
             self.panels.set_levels(*self._model_levels())
         elif name in ("mask_style", "mask_opacity"):
@@ -522,6 +524,8 @@ class MainWindow(QMainWindow):
             recon, heat, consensus = texts.PANEL_RECON.format(t=ts[0]), texts.PANEL_HEAT, ""
         mask = texts.PANEL_MASK.format(threshold=self.state.threshold, consensus=consensus,
                                        pp=texts.PANEL_MASK_PP if self.state.postprocess else "")
+        if self.state.persist and self.volume_mask() is not None:
+            mask += texts.PANEL_MASK_PERSIST.format(n=self.state.persist)
         suffix = ""
         if self.session is not None and self.session.model_volume is not None:
             if self.session.model is None:
@@ -594,9 +598,29 @@ class MainWindow(QMainWindow):
             QTimer.singleShot(0, self._take_screenshot)
 
     def _refresh_mask(self) -> None:
-        """Threshold/post-processing/votes changed: recompute the mask from the shown heat map, no model call."""
-        if self._shown is not None:
-            self.panels.set_mask(self._shown.mask(self.state.threshold, self.state.postprocess, self.state.votes))
+        """Threshold/post-processing/votes changed: recompute the mask from the shown heat map, no model call (with
+        3-D persistence on, from every brain slice's cached result once the whole volume is computed)."""
+        if self._shown is None:
+            return
+        volume = self.volume_mask()
+        self.panels.set_mask(volume[self._shown.slice] if volume is not None
+                             else self._shown.mask(self.state.threshold, self.state.postprocess, self.state.votes))
+
+    def volume_mask(self) -> np.ndarray | None:
+        """(Z, S, S) whole-volume mask with 3-D persistence applied, when it is on and every brain slice is
+        computed; else None (masks are per slice). Remembered for the current settings."""
+        s, st = self.session, self.state
+        if not st.persist or s is None or s.model_volume is None:
+            return None
+        key = (s.key, self.timesteps(), st.seed, st.threshold, st.postprocess, st.votes, st.persist)
+        if self._volume_mask[0] != key:
+            first, last = s.model_volume.slice_range
+            self._volume_mask = (key, volume_mask(s.cache, range(first, last + 1), s.model_volume.n_slices,
+                                                  self.timesteps(), st.seed, st.threshold, st.postprocess, st.votes,
+                                                  st.persist))
+            if self._volume_mask[1] is None:
+                self._volume_mask = (None, None)                  # not complete yet: look again next time
+        return self._volume_mask[1]
 
     @property
     def shown(self) -> SliceView | None:
@@ -737,6 +761,8 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(texts.STATUS_RUN_CANCELLED.format(done=done, total=total))
         self.controls.show_progress(False, 0, 1)
         self._refresh_scores()
+        self._refresh_mask()                                    # 3-D persistence applies once the volume is complete
+        self._update_titles()
         self.run_done.emit(completed)
         folder, self._export_after_run = self._export_after_run, None
         if folder is not None and completed:
@@ -786,6 +812,9 @@ class MainWindow(QMainWindow):
             view = s.cache.view(z, self.timesteps(), self.state.seed)
             heat[z] = view.heat
             mask[z] = view.mask(self.state.threshold, self.state.postprocess, self.state.votes)
+        persistent = self.volume_mask()
+        if persistent is not None:
+            mask = persistent
         stem = _stem(volume.path) if volume.path else texts.UNNAMED_VOLUME
         try:
             mask_path = write_nifti(mv.to_canonical(mask, "nearest"), volume, folder / f"{stem}_mask.nii.gz", "mask")

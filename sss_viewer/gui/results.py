@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.anomaly import PostProcess, consensus_mask, make_mask, slice_scores
+from ..core.hygiene import keep_persistent
 
 CACHE_BYTES = 1 << 30  # results kept per session before the least recently used are dropped
 
@@ -91,3 +92,16 @@ class ResultCache:
             return None
         return SliceView(slice=z, timesteps=tuple(timesteps), seed=seed, recon=results[0].recon,
                          errors=np.stack([r.error for r in results]))  # (K, S, S)
+
+
+def volume_mask(cache: ResultCache, slices: Sequence[int], n_slices: int, timesteps: Sequence[int], seed: int,
+                threshold: float, postprocess: bool, votes: int, persist: int) -> np.ndarray | None:
+    """(Z, S, S) mask of a whole volume whose `slices` are all cached, 3-D regions spanning fewer than `persist`
+    slices removed (hygiene.keep_persistent); None while any of them is missing."""
+    views = [cache.view(z, timesteps, seed) for z in slices]
+    if not views or any(v is None for v in views):
+        return None
+    mask = np.zeros((n_slices,) + views[0].recon.shape, bool)                 # (Z, S, S)
+    for z, view in zip(slices, views):
+        mask[z] = view.mask(threshold, postprocess, votes)
+    return keep_persistent(mask, persist)

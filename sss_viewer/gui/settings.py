@@ -18,6 +18,7 @@ TIMESTEP_RANGE = (50, 600)
 THRESHOLD_RANGE = (0.0, 1.0)
 SEED_MAX = 2 ** 31 - 1
 DRAWS_MAX = 16           # noise draws per slice in the viewer (each is one more model call)
+PERSIST_MAX = 20         # 3-D consistency: regions must span at least this many slices (0: off)
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -45,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "votes": len(CONSENSUS_TIMESTEPS) // 2 + 1,
     "seed": 0,
     "draws": 1,
+    "persist": 0,
     "device": "auto",
     "mask_style": "contour",
     "mask_opacity": 0.6,
@@ -62,6 +64,7 @@ VALID: dict[str, Callable[[Any], bool]] = {
     "votes": lambda v: _is_int(v) and 1 <= v <= len(CONSENSUS_TIMESTEPS),
     "seed": lambda v: _is_int(v) and 0 <= v <= SEED_MAX,
     "draws": lambda v: _is_int(v) and 1 <= v <= DRAWS_MAX,
+    "persist": lambda v: _is_int(v) and 0 <= v <= PERSIST_MAX,
     "device": lambda v: v in DEVICES,
     "mask_style": lambda v: v in texts.MASK_STYLES,
     "mask_opacity": _in(0.0, 1.0),

@@ -17,6 +17,7 @@ FIELDS: dict[str, Any] = {
     "votes": DEFAULTS["votes"],                  # timesteps that must agree in consensus mode
     "seed": DEFAULTS["seed"],                    # noise seed
     "draws": DEFAULTS["draws"],                  # noise draws averaged per slice (K model calls)
+    "persist": DEFAULTS["persist"],              # whole volume: keep 3-D regions spanning ≥ this many slices
     "device": DEFAULTS["device"],                # "auto", "cpu" or "cuda", as asked for
     "mask_style": DEFAULTS["mask_style"],        # "contour" or "fill"
     "mask_opacity": DEFAULTS["mask_opacity"],    # overlay opacity, 0..1
