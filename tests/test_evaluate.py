@@ -385,3 +385,146 @@ def test_map_hygiene_in_the_protocol_and_volume_metrics(tmp_path):
     assert extra["map_options"]["per_method"]["sss300"]["name"] == ""
     plain = ev.evaluate(OracleDetector(), [case], methods[:1], threshold=0.3)
     assert "Map hygiene" not in ev.table_md(plain, "synthetic")              # the paper's rows: the paper's text
+
+
+# --calibrate: a graded oracle. On lesion slices z (2..5) the shifted square has error 0.655 and 16 lone pixels,
+# far from it and from each other (rows 2 and 6, every 4th column), 0.345; nothing elsewhere.
+LONE_ROWS, LONE_COLS = (2, 6), tuple(range(2, 32, 4))
+
+
+class GradedDetector(OracleDetector):
+    def reconstruct(self, slices, timestep, seed=0, indices=None, brain=None, iterative=False, progress=None):
+        rec = super().reconstruct(slices, timestep, seed, indices, brain, iterative, progress)
+        error = 0.655 * rec.error                                            # (B, S, S): the square
+        for i, z in enumerate(indices):
+            if z in SHIFT:
+                error[i][np.ix_(LONE_ROWS, LONE_COLS)] = 0.345
+        if brain is not None:
+            error *= brain
+        return Reconstruction(slices=rec.slices, timestep=timestep, recon=slices - np.sqrt(error), error=error)
+
+
+def test_calibrate_gives_each_method_its_own_healthy_threshold(tmp_path):
+    """Healthy volume: 6 x 1024 brain pixels; on 4 slices a 64-px square (0.655) and 16 lone pixels (0.345).
+    Budget 5 % = 307.2 px. sss300: 320 px below 0.345, 256 from 0.35 to 0.65, 0 from 0.66 -> 0.35. sss300_min2
+    drops the lone pixels: at most 256 -> 0.01. sss300_pp: the square dilated to 10 x 10, largest region only:
+    400 px up to 0.65 -> 0.66. sss300_3d5 spans 4 slices only: nothing -> 0.01. anoddpm300 keeps the run's 0.3."""
+    case = ev.prepare_case("c1", *synthetic_case(tmp_path), NO_MARGIN)
+    healthy = [("h/h.nii.gz", ev.prepare_case("h", *synthetic_case(tmp_path, "h"), NO_MARGIN).volume)]
+    names = ("sss300", "sss300_min2", "sss300_pp", "sss300_3d5", "anoddpm300")
+    methods = [ev.method_named(n) for n in names]
+    detector = GradedDetector()
+    result = ev.evaluate(detector, [case], methods, threshold=0.3, healthy=healthy, budget=0.05)
+    calls = list(detector.calls)
+    want = {"sss300": 0.35, "sss300_min2": 0.01, "sss300_pp": 0.66, "sss300_3d5": 0.01}
+    assert result.calibration.thresholds == want
+    assert result.results[0].thresholds == {**want, "anoddpm300": 0.3}
+    curves = result.calibration.flagged
+    assert set(curves) == set(want) and list(curves["sss300"]) == ["h/h.nii.gz"]
+    sss = dict(zip(ev.THRESHOLDS, curves["sss300"]["h/h.nii.gz"]))
+    assert sss[0.34] == pytest.approx(320 / 6144) and sss[0.35] == sss[0.65] == pytest.approx(256 / 6144)
+    assert sss[0.66] == 0.0
+    pp = dict(zip(ev.THRESHOLDS, curves["sss300_pp"]["h/h.nii.gz"]))
+    assert pp[0.01] == pp[0.65] == pytest.approx(400 / 6144) and pp[0.66] == 0.0
+    # The plain methods' curves are sss-calibrate's own (flagged_curve with the same post-processing).
+    from sss_viewer.core.anomaly import PostProcess
+    from trainer.calibrate import flagged_curve
+    first, last = healthy[0][1].slice_range
+    rec = detector.reconstruct(healthy[0][1].data[first:last + 1], 300, indices=range(first, last + 1),
+                               brain=healthy[0][1].brain_mask[first:last + 1])
+    for name, pp_on in (("sss300", False), ("sss300_pp", True)):
+        assert curves[name]["h/h.nii.gz"] == flagged_curve(rec.error, healthy[0][1].brain_mask[first:last + 1],
+                                                           PostProcess(enabled=pp_on))
+    # Each method's healthy FPR is at its own threshold, within the budget, and is the curve at that threshold.
+    for name in want:
+        assert result.healthy_fpr[name]["mean"] <= 0.05
+        assert result.healthy_fpr[name]["per_volume"] == result.calibration.at_threshold(name)
+    assert result.healthy_fpr["sss300"]["mean"] == pytest.approx(256 / 6144)
+    assert result.healthy_fpr["sss300_pp"]["mean"] == 0.0 and "anoddpm300" not in result.healthy_fpr
+    # The protocol and volume metrics use the own thresholds: sss300 at 0.35 loses the lone pixels (the oracle's
+    # 0.625), sss300_pp at 0.66 flags nothing; anoddpm300 at 0.3 keeps them.
+    rows = {r["method"]: r for r in result.table}
+    assert rows["sss300"]["dice_mean"] == rows["sss300_min2"]["dice_mean"] == pytest.approx(0.625)
+    assert rows["sss300_pp"]["dice_mean"] == 0.0 and rows["anoddpm300"]["dice_mean"] < 0.625
+    assert result.results[0].volume["sss300"]["dice"] == pytest.approx(0.625)
+    assert result.results[0].volume["sss300_pp"]["dice"] == 0.0
+    # The healthy volume is reconstructed once (at 300, all its 6 brain slices), before the cases.
+    assert [c for c in calls if c[2] == tuple(range(1, 7))] == [(300, False, tuple(range(1, 7)))] * 2   # + the case
+    assert calls[0] == (300, False, tuple(range(1, 7)))
+    md = ev.table_md(result, "synthetic")
+    assert "at each method's own threshold (the Threshold column below; 0.3 for the iterative chain)" in md
+    assert ("the smallest of 0.01, 0.02, ..., 1.00 from which on its whole-volume masks (with its map options, 3-D "
+            "persistence and post-processing) flag at most 5 % of the brain pixels of the 1 --healthy volume(s) (h;"
+            in md)
+    for name, t in (("sss300", "0.35"), ("sss300_min2", "0.01"), ("sss300_pp", "0.66"), ("anoddpm300", "0.3")):
+        assert f"| {ev.method_named(name).label} | {t} |" in md
+    cal = ev.extra_json(result, {})["calibration"]
+    assert cal["budget"] == 0.05 and cal["volumes"] == ["h/h.nii.gz"] and len(cal["thresholds"]) == 100
+    assert {n: v["threshold"] for n, v in cal["per_method"].items()} == want
+    assert cal["per_method"]["sss300"]["mean_flagged_at_threshold"] == pytest.approx(256 / 6144)
+    assert cal["per_method"]["sss300"]["flagged_at_threshold"] == {"h/h.nii.gz": pytest.approx(256 / 6144)}
+    # A budget no threshold meets names the method; no healthy volumes: nothing to calibrate on.
+    class Hot(GradedDetector):                                               # the square at 1.31: over 1.00
+        def reconstruct(self, slices, timestep, **kw):
+            rec = super().reconstruct(slices, timestep, **kw)
+            return replace(rec, error=2 * rec.error)
+
+    with pytest.raises(ev.EvalError, match="sss300_pp: even the threshold 1.0 flags 6.51 %.*budget of 5 %"):
+        ev.evaluate(Hot(), [case], methods[2:3], threshold=0.3, healthy=healthy, budget=0.05)
+    with pytest.raises(ev.EvalError, match="--healthy"):
+        ev.evaluate(GradedDetector(), [case], methods, threshold=0.3, budget=0.05)
+
+    # Without a budget: every model method at the run's threshold, as before, and no calibration anywhere.
+    plain = ev.evaluate(GradedDetector(), [case], methods, threshold=0.3, healthy=healthy)
+    assert plain.calibration is None and set(plain.results[0].thresholds.values()) == {0.3}
+    assert plain.healthy_fpr["sss300"]["mean"] == pytest.approx(320 / 6144)        # over the 5 % budget
+    assert plain.healthy_fpr["sss300_pp"]["mean"] == pytest.approx(400 / 6144)
+    md = ev.table_md(plain, "synthetic")
+    assert "for a threshold of 0.3 on 1 volume(s)" in md and "--calibrate" not in md
+    assert "- Threshold: the one the masks used (the run's; the intensity baseline's own)." in md
+    assert f"| {ev.method_named('sss300_pp').label} | 0.3 |" in md
+    assert "calibration" not in ev.extra_json(plain, {})
+
+
+def test_cli_calibrate(tmp_path, checkpoint, capsys, monkeypatch):
+    synthetic_case(tmp_path, "c1")
+    healthy, _ = synthetic_case(tmp_path, "h", lesion=False)
+    manifest = write_manifest(tmp_path, [["c1", "t1", "c1.nii.gz", "c1_seg.nii.gz", "expert"]])
+    out = tmp_path / "out"
+    # Without --healthy: one line, exit 2, before any work (not even the missing manifest and checkpoint are read).
+    status = ev.main(["--manifest", str(tmp_path / "missing.csv"), "--out", str(out), "--checkpoint",
+                      str(tmp_path / "missing.pt"), "--calibrate"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(lines) == 1 and "--healthy" in lines[0] and not out.exists()
+    for extra in (["--budget", "0.01"], ["--calibrate", "--healthy", str(healthy), "--budget", "1.5"]):
+        status = ev.main(["--manifest", str(manifest), "--out", str(out), "--checkpoint", str(checkpoint), *extra])
+        assert status == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1 and not out.exists()
+
+    args = ["--manifest", str(manifest), "--out", str(out), "--checkpoint", str(checkpoint), "--device", "cpu",
+            "--methods", "sss300,sss300_pp,anoddpm300", "--healthy", str(healthy), "--calibrate", "--budget", "0.05",
+            "--threshold", "0.3"]
+    # The untrained tiny model flags nearly every pixel even at 1.00: no threshold meets the budget, one line.
+    assert ev.main(args) == 2 and not out.exists()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "sss300: even the threshold 1.0" in lines[0] and "budget of 5 %" in lines[0]
+
+    real = ev.load_detector
+
+    def graded(*a, **kw):
+        ckpt, detector = real(*a, **kw)
+        oracle = GradedDetector()
+        oracle.device, oracle.precision, oracle.draws = detector.device, detector.precision, detector.draws
+        return ckpt, oracle
+
+    monkeypatch.setattr(ev, "load_detector", graded)
+    assert ev.main(args) == 0 and capsys.readouterr().err.strip() == ""
+    extra = json.loads((out / "extra.json").read_text())
+    cal = extra["calibration"]
+    assert cal["budget"] == 0.05 and cal["volumes"] == [str(healthy)]
+    assert {n: v["threshold"] for n, v in cal["per_method"].items()} == {"sss300": 0.35, "sss300_pp": 0.66}
+    for name, entry in cal["per_method"].items():
+        assert extra["healthy_false_positive_rate"][name]["mean"] == entry["mean_flagged_at_threshold"] <= 0.05
+    assert extra["threshold"] == 0.3 and "anoddpm300" not in cal["per_method"]
+    md = (out / "table.md").read_text()
+    assert "Thresholds (--calibrate)" in md and "| SSS t = 300 (with postprocessing) | 0.66 |" in md
+    assert "| SSS t = 300 | 0.35 |" in md and "| AnoDDPM t = 300 | 0.3 |" in md

@@ -57,13 +57,20 @@ def calibrate(detector, volumes: Sequence[tuple[str, ModelVolume]], timestep: in
                                        indices=range(first, last + 1), brain=volume.brain_mask[first:last + 1],
                                        progress=lambda done, _total: bar.update(done - bar.n) or True)
         flagged[name] = flagged_curve(rec.error, volume.brain_mask[first:last + 1])
+    threshold = within_budget(flagged, budget, "the checkpoint does not fit these scans")
+    return Calibration(timestep=timestep, budget=budget, threshold=threshold, flagged=flagged)
+
+
+def within_budget(flagged: dict[str, list[float]], budget: float, advice: str) -> float:
+    """The smallest of THRESHOLDS from which on the mean flagged share over the volumes' curves stays within budget;
+    ValueError (ending in `advice`) when even the largest flags more."""
     mean = np.mean(list(flagged.values()), axis=0)                     # (len(THRESHOLDS),)
     over = np.flatnonzero(mean > budget)
     k = 0 if over.size == 0 else int(over[-1]) + 1
     if k == len(THRESHOLDS):
         raise ValueError(f"even the threshold {THRESHOLDS[-1]} flags {100 * mean[-1]:.2f} % of healthy brain "
-                         f"pixels, over the budget of {100 * budget:g} %; the checkpoint does not fit these scans")
-    return Calibration(timestep=timestep, budget=budget, threshold=THRESHOLDS[k], flagged=flagged)
+                         f"pixels, over the budget of {100 * budget:g} %; {advice}")
+    return THRESHOLDS[k]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,6 +35,7 @@ from sss_viewer.core.volume import ModelVolume, load_mask, prepare
 
 from . import figures
 from .baselines import IntensityBaseline, lesion_sign
+from .calibrate import DEFAULT_BUDGET, THRESHOLDS, within_budget
 from .data import healthy_scan
 from .png import upscale, write_png
 
@@ -276,6 +277,11 @@ class Evaluation:
     sweep: dict[str, dict]                    # per method: mean Dice per threshold, the best one
     healthy_fpr: dict[str, dict]              # per non-iterative method; empty without healthy volumes
     intensity: IntensityBaseline | None       # the baseline's direction and threshold; None when not run
+    calibration: MethodCalibration | None = None   # per-method thresholds from the healthy volumes (--calibrate)
+
+    def threshold_of(self, m: Method) -> float:
+        """A model method's mask threshold: its calibrated one, else the run's."""
+        return self.calibration.thresholds.get(m.name, self.threshold) if self.calibration else self.threshold
 
 
 class _Progress:
@@ -327,9 +333,11 @@ def dice_sweep(m: Method, maps: Sequence[np.ndarray], threshold: float, truth: n
 
 
 def evaluate_case(detector, case: Case, methods: Sequence[Method], threshold: float, seed: int,
-                  progress: _Progress, intensity: IntensityBaseline | None = None) -> CaseResult:
+                  progress: _Progress, intensity: IntensityBaseline | None = None,
+                  own: dict[str, float] | None = None) -> CaseResult:
     """Reconstruct the protocol slices once per (timestep, chain) the methods need, then segment per method; then
-    the per-volume metrics of the non-iterative methods over every brain slice."""
+    the per-volume metrics of the non-iterative methods over every brain slice. own: per model method, a threshold
+    of its own in place of `threshold` (--calibrate)."""
     sel = list(case.slices)
     x0 = case.volume.data[sel]                                              # (n, S, S)
     brain = case.volume.brain_mask[sel]                                     # (n, S, S)
@@ -340,13 +348,14 @@ def evaluate_case(detector, case: Case, methods: Sequence[Method], threshold: fl
         rec = detector.reconstruct(x0, t, seed=seed, indices=sel, brain=brain, iterative=iterative,
                                    progress=progress.start())
         runs[key] = Run(recon=rec.recon, error=rec.error, seconds=time.perf_counter() - start)
-    score, own, score_seconds = None, threshold, 0.0
+    score, own_score, score_seconds = None, threshold, 0.0
     if any(m.model_free for m in methods):
         start = time.perf_counter()
-        score, own = intensity.score(case.volume, sel), intensity.threshold_for(case.volume)  # (n, S, S), float
+        score, own_score = intensity.score(case.volume, sel), intensity.threshold_for(case.volume)  # (n, S, S), float
         score_seconds = time.perf_counter() - start
     result = CaseResult(case=case, runs=runs, score=score,
-                        thresholds={m.name: own if m.model_free else threshold for m in methods})
+                        thresholds={m.name: own_score if m.model_free else (own or {}).get(m.name, threshold)
+                                    for m in methods})
     for m in methods:
         start = time.perf_counter()
         result.masks[m.name] = m.segment(result.maps(m), result.thresholds[m.name])
@@ -403,42 +412,124 @@ def threshold_sweep(results: Sequence[CaseResult], methods: Sequence[Method]) ->
     return out
 
 
-def healthy_false_positives(detector, healthy: Sequence[tuple[str, ModelVolume]], methods: Sequence[Method],
-                            threshold: float, seed: int, intensity: IntensityBaseline | None = None) -> dict[str, dict]:
-    """Per non-iterative method: the fraction of brain pixels flagged over each healthy volume's brain slices."""
+@dataclass
+class HealthyRun:
+    """One healthy volume's single-step reconstructions of every brain slice, made once for the false-alarm rates
+    and (--calibrate) the per-method thresholds."""
+    name: str
+    volume: ModelVolume
+    recs: dict[int, Reconstruction]          # per timestep, (n_brain, S, S)
+    score: np.ndarray | None                 # (n_brain, S, S) the intensity baseline's heat map; None without it
+    cache: dict = field(default_factory=dict, repr=False)   # cleaned heat maps (see _whole_maps)
+
+    @property
+    def brain(self) -> np.ndarray:
+        first, last = self.volume.slice_range
+        return self.volume.brain_mask[first:last + 1]                       # (n_brain, S, S)
+
+    def flagged(self, m: Method, threshold: float) -> float:
+        """The share of brain pixels in m's whole-volume mask at threshold (map options, persist, post-processing)."""
+        mask = m.segment(_whole_maps(m, self.recs, self.score, self.volume, self.cache), threshold, volume=True)
+        return float(np.count_nonzero(mask & self.brain) / max(1, int(np.count_nonzero(self.brain))))
+
+
+def healthy_runs(detector, healthy: Sequence[tuple[str, ModelVolume]], methods: Sequence[Method], seed: int,
+                 intensity: IntensityBaseline | None = None):
+    """Yield a HealthyRun per healthy volume, at the timesteps of the non-iterative methods (none: nothing)."""
     whole = [m for m in methods if not m.iterative]
-    if not healthy or not whole:
-        return {}
-    per_volume: dict[str, dict[str, float]] = {m.name: {} for m in whole}
+    if not whole:
+        return
+    timesteps = sorted({t for m in whole for t in m.timesteps})
     for name, volume in healthy:
         first, last = volume.slice_range
-        timesteps = sorted({t for m in whole for t in m.timesteps})
         with tqdm(total=(last - first + 1) * len(timesteps), desc=f"healthy {name}", unit="slice", file=sys.stderr,
                   disable=None, leave=False) as bar:
             recs = _volume_runs(detector, volume, timesteps, seed, _Progress(bar))
         score = intensity.score(volume, slice(first, last + 1)) if intensity is not None else None
-        brain = volume.brain_mask[first:last + 1]                           # (n, S, S)
-        cache: dict = {}
+        yield HealthyRun(name, volume, recs, score)
+
+
+@dataclass(frozen=True)
+class MethodCalibration:
+    """--calibrate: each non-iterative model method's threshold on the healthy volumes, as sss-calibrate chooses it."""
+    budget: float
+    volumes: tuple[str, ...]
+    thresholds: dict[str, float]                       # per method: the smallest of THRESHOLDS within the budget
+    flagged: dict[str, dict[str, list[float]]]         # per method, per volume: flagged share at each of THRESHOLDS
+
+    def at_threshold(self, name: str) -> dict[str, float]:
+        """Each healthy volume's flagged share for a method at its own threshold."""
+        k = THRESHOLDS.index(self.thresholds[name])
+        return {volume: curve[k] for volume, curve in self.flagged[name].items()}
+
+    def to_json(self) -> dict:
+        return {"budget": self.budget, "volumes": list(self.volumes),
+                "rule": "per method: the smallest of thresholds from which on the mean (over the healthy volumes) "
+                        "share of brain pixels flagged by its whole-volume masks (map options, 3-D persistence, "
+                        "post-processing) stays within budget, as sss-calibrate",
+                "thresholds": list(THRESHOLDS),
+                "per_method": {name: {"threshold": t, "flagged_at_threshold": at,
+                                      "mean_flagged_at_threshold": float(np.mean(list(at.values()))),
+                                      "flagged": self.flagged[name]}
+                               for name, t in self.thresholds.items() for at in [self.at_threshold(name)]}}
+
+
+def calibrate_methods(runs: Sequence[HealthyRun], methods: Sequence[Method], budget: float) -> MethodCalibration:
+    """Each non-iterative model method's threshold on the healthy runs: its flagged-share curve over THRESHOLDS per
+    volume (masks made as it makes them on whole volumes), then sss-calibrate's rule."""
+    thresholds, flagged = {}, {}
+    for m in methods:
+        if m.iterative or m.model_free:
+            continue
+        flagged[m.name] = {r.name: [r.flagged(m, t) for t in THRESHOLDS] for r in runs}
+        try:
+            thresholds[m.name] = within_budget(flagged[m.name], budget, "drop the method or raise --budget")
+        except ValueError as err:
+            raise EvalError(f"{m.name}: {err}") from err
+    return MethodCalibration(budget=budget, volumes=tuple(r.name for r in runs), thresholds=thresholds,
+                             flagged=flagged)
+
+
+def healthy_false_positives(detector, healthy: Sequence[tuple[str, ModelVolume]], methods: Sequence[Method],
+                            threshold: float, seed: int, intensity: IntensityBaseline | None = None,
+                            own: dict[str, float] | None = None,
+                            runs: Sequence[HealthyRun] | None = None) -> dict[str, dict]:
+    """Per non-iterative method: the fraction of brain pixels flagged over each healthy volume's brain slices, at
+    `threshold` (own: per model method, its own one instead). runs: the healthy reconstructions already made (else
+    they are made here, one volume at a time)."""
+    whole = [m for m in methods if not m.iterative]
+    if not healthy or not whole:
+        return {}
+    per_volume: dict[str, dict[str, float]] = {m.name: {} for m in whole}
+    for run in runs if runs is not None else healthy_runs(detector, healthy, methods, seed, intensity):
         for m in whole:
-            own = intensity.threshold_for(volume) if m.model_free else threshold
-            flagged = m.segment(_whole_maps(m, recs, score, volume, cache), own, volume=True) & brain
-            per_volume[m.name][name] = float(np.count_nonzero(flagged) / max(1, np.count_nonzero(brain)))
+            at = intensity.threshold_for(run.volume) if m.model_free else (own or {}).get(m.name, threshold)
+            per_volume[m.name][run.name] = run.flagged(m, at)
     return {name: {"mean": float(np.mean(list(v.values()))), "per_volume": v} for name, v in per_volume.items()}
 
 
 def evaluate(detector, cases: Sequence[Case], methods: Sequence[Method], threshold: float = DEFAULT_THRESHOLD,
              seed: int = 0, healthy: Sequence[tuple[str, ModelVolume]] = (),
-             intensity: IntensityBaseline | None = None) -> Evaluation:
+             intensity: IntensityBaseline | None = None, budget: float | None = None) -> Evaluation:
     """Run the protocol on every case with every method.
 
     `detector` is an anomaly.Detector or any object with its `reconstruct(slices, timestep, seed=, indices=,
     brain=, iterative=, progress=)` returning an anomaly.Reconstruction (tests pass an oracle). `intensity` (the
-    cases' lesion direction and the calibrated threshold) is needed by the intensity* methods.
+    cases' lesion direction and the calibrated threshold) is needed by the intensity* methods. budget (--calibrate):
+    the healthy volumes are reconstructed first, and each non-iterative model method runs at its own threshold,
+    chosen on them as sss-calibrate does (calibrate_methods); the iterative ones keep `threshold`.
     """
     if not cases:
         raise EvalError("no case to evaluate; check the manifest and --modality")
     if intensity is None and any(m.model_free for m in methods):
         raise EvalError("the intensity* methods need an IntensityBaseline (the modality and its healthy threshold)")
+    runs, calibration, own = None, None, None
+    if budget is not None:
+        if not healthy:
+            raise EvalError("calibrating each method's threshold needs healthy volumes (--healthy)")
+        runs = list(healthy_runs(detector, healthy, methods, seed, intensity))    # made once, reused for the FPR
+        calibration = calibrate_methods(runs, methods, budget)
+        own = calibration.thresholds
     first = cases[0]
     model = next((m for m in methods if not m.model_free), None)
     if model is not None:
@@ -449,7 +540,7 @@ def evaluate(detector, cases: Sequence[Case], methods: Sequence[Method], thresho
         lo, hi = case.volume.slice_range
         with tqdm(total=_work(len(case.slices), hi - lo + 1, methods), desc=case.name, unit="slice", file=sys.stderr,
                   disable=None, leave=False) as bar:
-            results.append(evaluate_case(detector, case, methods, threshold, seed, _Progress(bar), intensity))
+            results.append(evaluate_case(detector, case, methods, threshold, seed, _Progress(bar), intensity, own))
 
     per_slice, table = [], []
     for m in methods:
@@ -470,8 +561,9 @@ def evaluate(detector, cases: Sequence[Case], methods: Sequence[Method], thresho
         table.append(row)
     return Evaluation(methods=list(methods), threshold=threshold, seed=seed, results=results, per_slice=per_slice,
                       table=table, sweep=threshold_sweep(results, methods),
-                      healthy_fpr=healthy_false_positives(detector, healthy, methods, threshold, seed, intensity),
-                      intensity=intensity)
+                      healthy_fpr=healthy_false_positives(detector, healthy, methods, threshold, seed, intensity,
+                                                          own, runs),
+                      intensity=intensity, calibration=calibration)
 
 
 # ----------------------------------------------------------------------------------------------- outputs
@@ -517,7 +609,7 @@ def _span(thresholds: Sequence[float]) -> str:
 def _threshold_text(ev: Evaluation, m: Method) -> str:
     """The threshold of a method's masks, as table.md and the figure show it."""
     if not m.model_free:
-        return f"{ev.threshold:g}"
+        return f"{ev.threshold_of(m):g}"
     return "per case" if ev.intensity.threshold is None else f"{ev.intensity.threshold:.4f}"
 
 
@@ -541,13 +633,26 @@ def _hygiene_note(ev: Evaluation) -> str:
             + " AUC, AUROC and AUPRC score the cleaned heat map.")
 
 
+def _calibration_note(cal: MethodCalibration) -> str:
+    """table.md's sentence on how --calibrate chose the thresholds."""
+    names = ", ".join(Path(v).parent.name or v for v in cal.volumes)
+    return (f"Thresholds (--calibrate): each non-iterative model method's own, chosen as sss-calibrate does: the "
+            f"smallest of {THRESHOLDS[0]:.2f}, {THRESHOLDS[1]:.2f}, ..., {THRESHOLDS[-1]:.2f} from which on its "
+            f"whole-volume masks (with its map options, 3-D persistence and post-processing) flag at most "
+            f"{100 * cal.budget:g} % of the brain pixels of the {len(cal.volumes)} --healthy volume(s) ({names}; "
+            "mean over volumes).")
+
+
 def table_md(ev: Evaluation, source: str) -> str:
     """Table 2 of the paper for these cases, then the per-volume metrics the field reports."""
     n_cases = len(ev.results)
     n_slices = ev.table[0]["n_slices"] if ev.table else 0
+    cal = ev.calibration
+    at = (f"at each method's own threshold (the Threshold column below; {ev.threshold:g} for the iterative chain)"
+          if cal else f"for a threshold of {ev.threshold:g}")
     lines = [
         f"# sss-eval: {source}", "",
-        f"Segmentation performance for a threshold of {ev.threshold:g} on {n_cases} volume(s), {n_slices} slices "
+        f"Segmentation performance {at} on {n_cases} volume(s), {n_slices} slices "
         f"(up to {SLICES_PER_VOLUME} equidistant axial slices within each volume's lesion range; mean ± std over "
         "slices). Dice, IoU, precision and recall on the binary mask; pixel-wise AUC of the heat map over the whole "
         "model-space slice. Time: seconds per slice (model calls plus masking, batched per volume). "
@@ -556,6 +661,7 @@ def table_md(ev: Evaluation, source: str) -> str:
            f"post-processed; a pixel is kept when at least {len(CONSENSUS_TIMESTEPS) // 2 + 1} of them flag it. "
            "Its heat map (for AUC) is the mean squared error over the timesteps.", ""]
           if any(m.name == "consensus" for m in ev.methods) else []),
+        *([_calibration_note(cal), ""] if cal else []),
         *([ev.intensity.describe(), ""] if any(m.model_free for m in ev.methods) else []),
         *([_hygiene_note(ev), ""] if any(m.options != MapOptions() for m in ev.methods) else []),
         "| Method | Dice | IoU | Precision | Recall | AUC | Time (s) |",
@@ -572,7 +678,9 @@ def table_md(ev: Evaluation, source: str) -> str:
         f"out), mean ± std over the {n_cases} volume(s); not computed for the iterative chain (lambda model calls per "
         "slice).",
         "",
-        "- Threshold: the one the masks used (the run's; the intensity baseline's own).",
+        ("- Threshold: the one the masks used (each model method's own, calibrated on the healthy volumes; the "
+         "iterative chain's the run's; the intensity baseline's own)." if cal else
+         "- Threshold: the one the masks used (the run's; the intensity baseline's own)."),
         "- Volume Dice: the 3-D Dice of the mask at that threshold: what a user gets.",
         f"- ⌈Dice⌉: each volume's best 3-D Dice over a threshold sweep (squared error {_span(SWEEP_THRESHOLDS)}, "
         f"signed intensity {_span(INTENSITY_SWEEP)}, plus the threshold used). **Optimistic: the threshold is chosen "
@@ -580,7 +688,8 @@ def table_md(ev: Evaluation, source: str) -> str:
         "- AUROC, AUPRC: pixel-wise over the brain pixels of the volume's brain slices, of the heat map (free of any "
         "threshold, so equal with and without postprocessing); AUPRC is the average precision.",
         *(["- Healthy FPR: the fraction of brain pixels flagged over the brain slices of the healthy volumes (mean "
-           "over volumes). The intensity baseline's is in-sample: its threshold was calibrated on them."]
+           "over volumes). The intensity baseline's is in-sample: its threshold was calibrated on them"
+           + (", and so is each calibrated model method's (at most the budget by construction)." if cal else ".")]
           if fpr else []),
         "- Best slice threshold: the sweep's threshold with the highest mean protocol-slice Dice, and that Dice. It is "
         "**chosen on these same test cases, so its Dice is optimistic**; pick thresholds on separate data.",
@@ -667,6 +776,7 @@ def extra_json(ev: Evaluation, meta: dict) -> dict:
                                     "thresholds: the squared-error sweep, each method's own under per_method",
                             "thresholds": list(SWEEP_THRESHOLDS), "per_method": ev.sweep},
         "healthy_false_positive_rate": ev.healthy_fpr or None,
+        **({"calibration": ev.calibration.to_json()} if ev.calibration else {}),
         "per_slice": ev.per_slice,
         "versions": {"sss_viewer": sss_viewer.__version__, "python": platform.python_version(),
                      "torch": torch.__version__, "numpy": np.__version__},
@@ -744,6 +854,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=None,
                    help=f"squared-error threshold of the masks (default: the checkpoint's calibrated one, else "
                         f"{DEFAULT_THRESHOLD}); the intensity baseline has its own, from --healthy")
+    p.add_argument("--calibrate", action="store_true",
+                   help="each non-iterative model method at its own threshold, chosen on the --healthy volumes as "
+                        "sss-calibrate does (the smallest of 0.01..1.00 within --budget, its masks made with its map "
+                        "options); --threshold then applies to the anoddpm* chains only. Needs --healthy")
+    p.add_argument("--budget", type=float, default=None,
+                   help=f"with --calibrate: largest mean share of healthy brain pixels a method flags (default "
+                        f"{DEFAULT_BUDGET}); the intensity baseline keeps its own")
     return p
 
 
@@ -752,6 +869,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     fail = functools.partial(bad_input, "sss-eval")
+    if args.calibrate and not args.healthy:
+        return fail("--calibrate chooses each method's threshold on healthy volumes; give them with --healthy")
+    if args.budget is not None and not args.calibrate:
+        return fail("--budget applies to --calibrate only; add --calibrate or drop --budget")
+    budget = (DEFAULT_BUDGET if args.budget is None else args.budget) if args.calibrate else None
+    if budget is not None and not 0 < budget < 1:
+        return fail(f"--budget is a share of pixels between 0 and 1 (e.g. 0.005), not {budget}")
     if args.max_cases is not None and args.max_cases < 1:
         return fail(f"--max-cases must be at least 1, not {args.max_cases}")
     if args.out.exists() and not args.out.is_dir():
@@ -793,7 +917,10 @@ def main(argv: list[str] | None = None) -> int:
     intensity = (IntensityBaseline.calibrate(args.modality, healthy, healthy_modalities)
                  if any(m.model_free for m in methods) else None)
 
-    evaluation = evaluate(detector, cases, methods, threshold, args.seed, healthy, intensity)
+    try:
+        evaluation = evaluate(detector, cases, methods, threshold, args.seed, healthy, intensity, budget)
+    except EvalError as err:  # --calibrate: a method that no threshold keeps within the budget
+        return fail(err)
     meta = {"manifest": str(args.manifest.resolve()), "modality": args.modality,
             "checkpoint": {"path": str(ckpt.path.resolve()), "sha256": ckpt.sha256, "step": ckpt.step,
                            "preset": preset_to_dict(ckpt.preset), "recommended": ckpt.recommended.to_payload()},
