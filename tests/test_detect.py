@@ -164,6 +164,46 @@ def test_oracle_finds_the_cube_exactly(tmp_path, monkeypatch, capsys):
     assert status == 2 and len(errors) == 1 and "odd" in errors[0] and not (tmp_path / "bad").exists()
 
 
+def test_lesion_list_in_the_json_and_the_summary(tmp_path, monkeypatch, capsys):
+    # The oracle flags exactly the bright voxels: a 6 x 6 x 4 cube and a 2 x 2 x 2 one, on an LPS grid of 1.5 mm slices.
+    preset = Preset(model=PRESETS["tiny"].model, noise=NoiseConfig(kind="gaussian"),
+                    preprocess=PreprocessConfig(image_size=32, margin=0.0))
+    native = np.zeros((32, 32, 8), np.float32)
+    native[:, :, 1:7] = 100.0
+    native[5:11, 20:26, 2:6] = 200.0                    # 144 voxels, native centre (7.5, 22.5, 3.5)
+    native[20:22, 5:7, 3:5] = 200.0                     # 8 voxels, native centre (20.5, 5.5, 3.5)
+    src = save(native, tmp_path / "cubes.nii.gz", affine=np.diag([-1.0, -1.0, 1.5, 1.0]))  # LPS
+    abar = Diffusion(preset.diffusion, preset.noise).alphas_cumprod.float()
+    fake = LoadedCheckpoint(model=Oracle(abar), preset=preset, step=0, provenance="", path=tmp_path / "oracle.pt",
+                            sha256="0" * 64)
+    monkeypatch.setattr(checkpoint_module, "load_checkpoint", lambda path: fake)
+    common = ["--checkpoint", "unused.pt", "--device", "cpu", "--no-postprocess"]
+    assert detect.main([str(src), "--out", str(tmp_path / "all"), *common]) == 0
+    assert "152 voxels flagged (0.23 mL), 2 regions -> " in capsys.readouterr().out
+    report = json.loads((tmp_path / "all" / "cubes.json").read_text())
+    assert report["parameters"]["min_lesion_ml"] == 0.0 and report["mask_voxels"] == 152
+    big, small = report["lesions"]
+    assert (big["label"], big["voxels"], small["label"], small["voxels"]) == (1, 144, 2, 8)
+    assert big["volume_ml"] == pytest.approx(0.216) and small["volume_ml"] == pytest.approx(0.012)
+    assert big["centre_ras_mm"] == pytest.approx([-7.5, -22.5, 5.25])   # affine @ native centre
+    assert small["centre_ras_mm"] == pytest.approx([-20.5, -5.5, 5.25])
+    # Half-voxel centres round up along each RAS+ axis (canonical 23.5 -> 24, i.e. native 7; z 3.5 -> 4).
+    assert big["centre_voxel"] == [7, 22, 4] and small["centre_voxel"] == [20, 5, 4]
+    assert big["slices"] == [2, 5] and small["slices"] == [3, 4]
+    for lesion in (big, small):
+        assert lesion["peak_heat"] == pytest.approx(4.0, abs=1e-3)       # (x0 - x0_hat)^2 = (1 - (-1))^2
+        assert lesion["mean_heat"] == pytest.approx(4.0, abs=1e-3)
+
+    assert detect.main([str(src), "--out", str(tmp_path / "big"), *common, "--min-lesion-ml", "0.05"]) == 0
+    assert "(0.23 mL), 1 region -> " in capsys.readouterr().out
+    report = json.loads((tmp_path / "big" / "cubes.json").read_text())
+    assert [l["voxels"] for l in report["lesions"]] == [144] and report["mask_voxels"] == 152
+    assert report["parameters"]["min_lesion_ml"] == 0.05
+    for bad in ("-1", "nan"):
+        status, errors = run([src, "--out", tmp_path / "bad", *common, "--min-lesion-ml", bad], capsys)
+        assert status == 2 and len(errors) == 1 and "--min-lesion-ml" in errors[0] and not (tmp_path / "bad").exists()
+
+
 def test_bad_inputs_are_reported_and_leave_nothing(tmp_path, checkpoint, capsys):
     good = save(brain_volume(), tmp_path / "good.nii.gz")
     full = gzip.compress(nib.Nifti1Image(brain_volume(), LAS_1MM2).to_bytes())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import platform
 import sys
@@ -25,6 +26,7 @@ from sss_viewer.core.checkpoint import CheckpointError, LoadedCheckpoint, load_d
 from sss_viewer.core.files import atomic_write_text
 from sss_viewer.core.hygiene import MapOptions
 from sss_viewer.core.inputs import SKULL_HELP, SKULL_MODES, open_scan
+from sss_viewer.core.lesions import lesion_list
 from sss_viewer.core.modality import check_modality
 from sss_viewer.core.resources import default_checkpoint
 from sss_viewer.core.volume import NIFTI_SUFFIXES, prepare, write_nifti
@@ -95,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     hygiene.add_argument("--persist", type=int, default=0, metavar="N",
                          help="keep a 3-D connected region of the volume's mask only when it spans at least N "
                               "consecutive slices (default 0: off)")
+    p.add_argument("--min-lesion-ml", type=float, default=0.0, metavar="ML",
+                   help="leave regions smaller than ML millilitres out of the JSON's lesion list (the 26-connected "
+                        "regions of the mask; the mask itself is unchanged; default 0: list all)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N] (default auto)")
     p.add_argument("--seed", type=int, default=0, help="noise seed; equal seeds give equal results (default 0)")
     p.add_argument("--draws", type=int, default=None, metavar="K",
@@ -216,6 +221,7 @@ def process(path: Path, outs: Outputs, detector: Detector, ckpt: LoadedCheckpoin
     where = detector.volume_device
     mask = model_volume.to_canonical(result.mask, "nearest", result.first_slice, device=where)    # (X, Y, Z) bool
     error = model_volume.to_canonical(result.error, "linear", result.first_slice, device=where)   # (X, Y, Z) float32
+    lesions = lesion_list(mask, error, volume, min_ml=args.min_lesion_ml)
     t_post = time.perf_counter()
 
     written: list[Path] = []
@@ -237,7 +243,7 @@ def process(path: Path, outs: Outputs, detector: Detector, ckpt: LoadedCheckpoin
                            "votes": (args.votes or len(timesteps) // 2 + 1) if len(timesteps) > 1 else None,
                            "threshold": settings.threshold, "settings_from": settings.source,
                            "postprocess": pp.enabled, "map_options": options.to_json(),
-                           "seed": args.seed, "draws": detector.draws,
+                           "min_lesion_ml": args.min_lesion_ml, "seed": args.seed, "draws": detector.draws,
                            "batch_size": detector.batch_size, "device": str(detector.device),
                            "precision": detector.precision, "compiled": detector.compiled},
             "checkpoint": checkpoint_identity(ckpt),
@@ -250,6 +256,7 @@ def process(path: Path, outs: Outputs, detector: Detector, ckpt: LoadedCheckpoin
                              for k, s in zip(result.slice_indices, result.scores)],
             "mask_voxels": n_voxels,
             "lesion_volume_ml": n_voxels * volume.voxel_volume_ml,
+            "lesions": [lesion.to_json() for lesion in lesions],
             "versions": versions(),
         }
         atomic_write_text(outs.report, json.dumps(report, indent=2) + "\n")
@@ -273,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     n_steps = len(args.consensus) if args.consensus else 1
     if args.votes is not None and not 1 <= args.votes <= n_steps:
         return fail(f"--votes {args.votes} must be between 1 and the {n_steps} consensus timesteps")
+    if not (math.isfinite(args.min_lesion_ml) and args.min_lesion_ml >= 0):
+        return fail(f"--min-lesion-ml must be a number of millilitres of at least 0, not {args.min_lesion_ml}")
     if args.out.exists() and not args.out.is_dir():
         return fail(f"--out {args.out} is a file; give a folder")
     try:
@@ -328,7 +337,9 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as err:
             status = fail(f"{path}: cannot write its outputs ({err.strerror}); check the folder's free space")
             continue
-        print(f"{path}: {report['mask_voxels']} voxels flagged ({report['lesion_volume_ml']:.2f} mL) -> "
+        n_regions = len(report["lesions"])
+        print(f"{path}: {report['mask_voxels']} voxels flagged ({report['lesion_volume_ml']:.2f} mL), {n_regions} "
+              f"region{'' if n_regions == 1 else 's'} -> "
               f"{outs.mask.name}, {outs.error.name}, {outs.report.name}")
     return status
 

@@ -1,0 +1,94 @@
+"""The lesion list: a volume mask's 3-D connected regions with size, position, extent and heat (like FSL's cluster).
+
+Regions are 26-connected (voxels touching by a face, an edge or a corner belong together), found on the
+canonical (X, Y, Z) mask. Each region's centre is the plain (unweighted) mean of its voxel indices:
+``centre_ras_mm`` is that point in scanner millimetres (``Volume.canonical_affine`` @ index), and
+``centre_voxel`` is the canonical voxel nearest to it (halves rounded up along each RAS+ axis), given in
+the input's own array layout by the exact orientation transform (permutation and flips, no resampling),
+so it addresses the same voxel in the input file whatever its orientation (LPS, LIA, ...). The centre of a
+curved region can lie outside it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from .volume import Volume
+
+CONNECTIVITY = np.ones((3, 3, 3), bool)  # 26-connectivity: faces, edges and corners
+
+
+@dataclass(frozen=True)
+class Lesion:
+    """One connected region of a volume's mask."""
+
+    label: int                                   # rank by size: 1 = largest
+    voxels: int                                  # number of voxels
+    volume_ml: float                             # voxels × voxel volume
+    centre_ras_mm: tuple[float, float, float]    # centroid in scanner (world RAS) millimetres
+    centre_voxel: tuple[int, int, int]           # the centroid's nearest voxel, index in the input's native layout
+    slices: tuple[int, int]                      # first and last canonical axial slice (inferior → superior)
+    peak_heat: float                             # max squared error inside the region
+    mean_heat: float                             # mean squared error inside the region
+
+    def to_json(self) -> dict:
+        return {"label": self.label, "voxels": self.voxels, "volume_ml": self.volume_ml,
+                "centre_ras_mm": list(self.centre_ras_mm), "centre_voxel": list(self.centre_voxel),
+                "slices": list(self.slices), "peak_heat": self.peak_heat, "mean_heat": self.mean_heat}
+
+
+def canonical_to_native_index(index: tuple[int, int, int], volume: Volume) -> tuple[int, int, int]:
+    """Canonical (X, Y, Z) voxel index → the same voxel's index in the input's native array, exactly."""
+    shape = volume.data.shape
+    native = []
+    for to_axis, flip in volume.ornt:   # native axis a becomes canonical axis to_axis, reversed when flip = -1
+        i = int(index[int(to_axis)])
+        native.append(i if flip > 0 else shape[int(to_axis)] - 1 - i)
+    return tuple(native)
+
+
+def lesion_list(mask: np.ndarray, error: np.ndarray, volume: Volume, min_ml: float = 0.0) -> list[Lesion]:
+    """The 26-connected regions of a canonical mask, largest first, those under `min_ml` millilitres left out.
+
+    `mask` (bool) and `error` (float, the squared-error heat map) are canonical (X, Y, Z) arrays on
+    `volume`'s grid, e.g. what sss-detect writes. Equal sizes keep the order of their first voxel in the
+    canonical array. Labels are renumbered 1, 2, ... after sorting and filtering.
+    """
+    mask = np.asarray(mask)
+    error = np.asarray(error)
+    shape = volume.data.shape
+    if mask.shape != shape or error.shape != shape:
+        raise ValueError(f"mask {mask.shape} and error {error.shape} must both have the volume's canonical shape "
+                         f"{shape}; bring them onto its grid first (ModelVolume.to_canonical)")
+    if not (math.isfinite(min_ml) and min_ml >= 0):
+        raise ValueError(f"the minimum lesion size must be a finite number of mL ≥ 0, not {min_ml}")
+    labels, n = ndimage.label(mask.astype(bool, copy=False), structure=CONNECTIVITY)  # (X, Y, Z) int
+    if n == 0:
+        return []
+    index = np.arange(1, n + 1)
+    counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]                     # (n,)
+    centres = np.asarray(ndimage.center_of_mass(np.ones(shape, np.float32), labels, index))  # (n, 3) canonical
+    heat = error.astype(np.float64, copy=False)
+    peaks = ndimage.maximum(heat, labels, index)
+    means = ndimage.mean(heat, labels, index)
+    boxes = ndimage.find_objects(labels)
+    world = (volume.canonical_affine @ np.c_[centres, np.ones(n)].T)[:3].T       # (n, 3) mm
+    nearest = np.clip(np.floor(centres + 0.5).astype(int), 0, np.asarray(shape) - 1)  # (n, 3) canonical
+
+    ml = volume.voxel_volume_ml
+    lesions = []
+    for i in sorted(range(n), key=lambda i: -counts[i]):                           # stable: ties in label order
+        volume_ml = int(counts[i]) * ml
+        if volume_ml < min_ml:
+            continue
+        z = boxes[i][2]
+        lesions.append(Lesion(label=len(lesions) + 1, voxels=int(counts[i]), volume_ml=volume_ml,
+                              centre_ras_mm=tuple(float(v) for v in world[i]),
+                              centre_voxel=canonical_to_native_index(tuple(nearest[i]), volume),
+                              slices=(int(z.start), int(z.stop) - 1),
+                              peak_heat=float(peaks[i]), mean_heat=float(means[i])))
+    return lesions
