@@ -69,12 +69,15 @@ def lesion_list(mask: np.ndarray, error: np.ndarray, volume: Volume, min_ml: flo
     labels, n = ndimage.label(mask.astype(bool, copy=False), structure=CONNECTIVITY)  # (X, Y, Z) int
     if n == 0:
         return []
-    index = np.arange(1, n + 1)
-    counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]                     # (n,)
-    centres = np.asarray(ndimage.center_of_mass(np.ones(shape, np.float32), labels, index))  # (n, 3) canonical
-    heat = error.astype(np.float64, copy=False)
-    peaks = ndimage.maximum(heat, labels, index)
-    means = ndimage.mean(heat, labels, index)
+    inside = np.nonzero(labels)                                                   # 3 × (m,) flagged voxels
+    region = labels[inside] - 1                                                   # (m,) 0-based region of each
+    counts = np.bincount(region, minlength=n)                                     # (n,)
+    centres = np.stack([np.bincount(region, axis, n) for axis in inside], axis=1) / counts[:, None]  # (n, 3)
+    heat = error[inside].astype(np.float64)                                       # (m,)
+    order = np.argsort(region, kind="stable")                                     # regions' voxels contiguous
+    starts = np.r_[0, np.cumsum(counts)[:-1]]                                     # (n,) first of each run
+    peaks = np.maximum.reduceat(heat[order], starts)                              # (n,)
+    means = np.bincount(region, heat, n) / counts                                 # (n,)
     boxes = ndimage.find_objects(labels)
     world = (volume.canonical_affine @ np.c_[centres, np.ones(n)].T)[:3].T       # (n, 3) mm
     nearest = np.clip(np.floor(centres + 0.5).astype(int), 0, np.asarray(shape) - 1)  # (n, 3) canonical
