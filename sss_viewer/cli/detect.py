@@ -1,4 +1,4 @@
-"""sss-detect: whole-volume anomaly detection for NIfTI scans or DICOM folders, written out as mask, error map and JSON."""
+"""sss-detect: whole-volume anomaly detection for NIfTI scans or DICOM folders, written as mask, error map and JSON."""
 
 from __future__ import annotations
 
@@ -128,7 +128,6 @@ class Outputs:
     mask: Path
     error: Path
     report: Path
-
     brain: Path  # written only when the brain was extracted
 
     @classmethod
@@ -198,7 +197,8 @@ class Settings:
 
 def process(path: Path, outs: Outputs, detector: Detector, ckpt: LoadedCheckpoint, args: argparse.Namespace,
             settings: Settings, pp: PostProcess, options: MapOptions = MapOptions()) -> dict:
-    """Detect on one volume and write its three files; on any failure none of them is left behind."""
+    """Detect on one volume and write its files (and its brain mask when extracted); on any failure none of them is
+    left behind."""
     t_start = time.perf_counter()
     scan = open_scan(path, args.series, args.skull, args.brain_mask, detector.device)
     volume = scan.volume

@@ -320,7 +320,8 @@ class ModelVolume:
         with this volume's contrast stretch and sampling (for display beside the model's input)."""
         canonical = np.asarray(canonical, dtype=np.float32)
         if canonical.shape != self.canonical_shape:
-            raise VolumeError(f"image shape {canonical.shape} is not the volume's canonical shape {self.canonical_shape}")
+            raise VolumeError(f"image shape {canonical.shape} is not the volume's canonical shape "
+                              f"{self.canonical_shape}")
         stretched = stretch_contrast(canonical, np.ones(canonical.shape, bool), *self.intensity_range)  # (X, Y, Z)
         return self._to_model(stretched, "bilinear", -1.0)
 

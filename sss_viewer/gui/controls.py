@@ -52,8 +52,8 @@ class ControlPanel(QScrollArea):
         self.setWidget(body)
         self.setMinimumWidth(body.sizeHint().width() + self.verticalScrollBar().sizeHint().width() + 4)
         state.changed.connect(self.sync)
-        for name in ("timestep", "threshold", "postprocess", "consensus", "votes", "seed", "draws", "persist", "device", "mask_style",
-                     "mask_opacity", "window"):
+        for name in ("timestep", "threshold", "postprocess", "consensus", "votes", "seed", "draws", "persist", "device",
+                     "mask_style", "mask_opacity", "window"):
             self.sync(name)
 
     # Building

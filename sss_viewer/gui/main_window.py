@@ -28,8 +28,8 @@ from .worker import Session, SliceRequest, VolumeRun, WorkerThread, cuda_availab
 AUTO_WINDOW_PERCENTILES = (0.5, 99.5)   # of the brain's model-space intensities, for the grey window
 SCREENSHOT_SIZE = (1500, 980)
 PAGE_STEP = 10                          # slices per PageUp / PageDown
-RESTORED = ("timestep", "threshold", "postprocess", "consensus", "votes", "seed", "draws", "persist", "device", "mask_style",
-            "mask_opacity")
+RESTORED = ("timestep", "threshold", "postprocess", "consensus", "votes", "seed", "draws", "persist", "device",
+            "mask_style", "mask_opacity")
 
 
 def _ranges(indices: list[int]) -> str:
@@ -254,7 +254,7 @@ class MainWindow(QMainWindow):
                 self._finish_screenshot(False, volume_note or texts.ERROR_NO_VOLUME)
 
     def open_volume(self, path: str | Path, series: str | None = None) -> None:
-        """Open a NIfTI file or a DICOM folder (asking for the series when several fit) with the brain menu's options."""
+        """Open a NIfTI file or a DICOM folder (asking for the series when several fit), read as the brain menu says."""
         path = Path(path)
         if path.is_dir() and series is None:
             try:

@@ -117,7 +117,8 @@ class ImagePanels(QWidget):
         self.mask_fill = pg.ImageItem()
         self.mask_contour = pg.IsocurveItem(level=0.5, pen=pg.mkPen(CONTOUR_COLOR, width=2))
         self.mask_contour.setPos(0.5, 0.5)   # isocurve vertices sit on pixel centres; ImageItem pixels span [i, i + 1)
-        self.brain_contour = pg.IsocurveItem(level=0.5, pen=pg.mkPen(BRAIN_COLOR, width=1.5, style=Qt.PenStyle.DashLine))
+        self.brain_contour = pg.IsocurveItem(level=0.5,
+                                             pen=pg.mkPen(BRAIN_COLOR, width=1.5, style=Qt.PenStyle.DashLine))
         self.brain_contour.setPos(0.5, 0.5)
         self.colorbar.setImageItem(self.heat_image)
         self.original.view.addItem(self.original_image)
