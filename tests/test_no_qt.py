@@ -1,4 +1,4 @@
-"""The no-Qt rule: every module of sss_viewer.core and trainer imports with PySide6 and pyqtgraph unimportable."""
+"""Import rules: sss_viewer.core and trainer import with Qt unimportable; NIfTI inputs need neither pydicom nor deepbet."""
 
 import pkgutil
 import subprocess
@@ -39,3 +39,30 @@ def test_core_and_trainer_import_without_qt():
 def test_blocker_really_blocks_qt():
     out = subprocess.run([sys.executable, "-c", BLOCKER, "pyqtgraph"], capture_output=True, text=True)
     assert out.returncode != 0 and "Qt is forbidden" in out.stderr
+
+
+NO_DICOM_NO_DEEPBET = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('pydicom', 'deepbet'):
+            raise ImportError('not installed here: ' + name)
+sys.meta_path.insert(0, Block())
+import trainer.cli, trainer.demo, trainer.evaluate, trainer.calibrate, sss_viewer.cli.detect, sss_viewer.cli.bench
+from sss_viewer.core.inputs import open_scan
+print(open_scan(sys.argv[1]).extraction)
+"""
+
+
+def test_nifti_tools_run_without_pydicom_and_deepbet(tmp_path):
+    """A bare GPU machine with only the training stack: NIfTI inputs need neither (they load for DICOM folders and
+    skull extraction only)."""
+    import nibabel as nib
+    import numpy as np
+    g = np.indices((20, 24, 16)).astype(float)
+    brain = np.where(((g - 10) ** 2).sum(axis=0) < 60, 100.0 + g[0], 0.0).astype(np.float32)
+    nib.Nifti1Image(brain, np.eye(4)).to_filename(str(tmp_path / "t1.nii.gz"))
+    out = subprocess.run([sys.executable, "-c", NO_DICOM_NO_DEEPBET, str(tmp_path / "t1.nii.gz")],
+                         capture_output=True, text=True, cwd=Path(sss_viewer.core.__file__).parents[2])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "none"

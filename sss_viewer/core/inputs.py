@@ -18,14 +18,17 @@ import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .brain import BrainExtractor, Verdict, apply_brain_mask, skull_verdict
-from .dicom import Series, find_series, is_dicom_folder, pick_series, series_volume
 from .modality import modality_from_tags, modality_of
 from .volume import Volume, VolumeError, load_mask, load_volume
+
+if TYPE_CHECKING:  # pydicom loads only for DICOM folders: NIfTI-only installs (e.g. a bare GPU box) need not have it
+    from .dicom import Series
 
 SKULL_MODES = ("auto", "force", "off")
 SKULL_HELP = ("brain extraction: auto (default) extracts the brain with deepbet when the scan still has its "
@@ -83,6 +86,7 @@ def read_input(path: str | os.PathLike, series: str | None = None) -> tuple[Volu
     """A NIfTI file or a DICOM folder as a Volume (and the series read); raises VolumeError."""
     p = Path(path)
     if p.is_dir():
+        from .dicom import find_series, is_dicom_folder, pick_series, series_volume
         if not is_dicom_folder(p):
             raise VolumeError(f"{p} is a folder without DICOM files; give a .nii/.nii.gz file or a DICOM folder")
         found = find_series(p)
