@@ -1,4 +1,4 @@
-"""Import rules: sss_viewer.core and trainer import with Qt unimportable; NIfTI inputs need neither pydicom nor deepbet."""
+"""Import rules: core and trainer import with Qt unimportable; NIfTI inputs need neither pydicom nor deepbet."""
 
 import pkgutil
 import subprocess
