@@ -706,3 +706,25 @@ def test_3d_persistence_applies_after_a_whole_volume_run(qtbot, window, tmp_path
     w.controls.persist_spin.setValue(3)
     kept = nib.load(str(w.export_nifti(tmp_path / "3d", compute_missing=False)[0])).get_fdata() > 0
     assert kept.sum() < plain.sum() and not (kept & ~plain).any()      # the export is the persistent mask
+
+
+def test_folder_without_a_usable_series_is_an_error_dialog(qtbot, window, tmp_path):
+    from dicom_files import write_image
+    w = window
+    path, shown = w.session.volume.path, w.shown
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("no images here")
+    with qtbot.waitSignal(w.error_shown, timeout=WAIT) as error:
+        w.open_volume(tmp_path / "notes")
+    assert "notes" in error.args[0] and w._error_box.isVisible()
+    w._error_box.close()
+    gap = tmp_path / "gap"                                              # slices 0, 1, 3: one is missing
+    gap.mkdir()
+    for k in (0, 1, 3):
+        write_image(gap / f"{k}.dcm", np.full((6, 7), 100 + k, np.int16), (0.0, 0.0, 2.0 * k), (1, 0, 0), (0, 1, 0),
+                    instance=k + 1)
+    with qtbot.waitSignal(w.error_shown, timeout=WAIT) as error:
+        w.open_volume(gap)
+    assert "gap" in error.args[0] and w._error_box.isVisible()
+    assert w.session.volume.path == path and w.shown is shown           # the previous volume stays
+    w._error_box.close()

@@ -82,17 +82,23 @@ def extraction_device(device: str | torch.device) -> str:
     return text if text.startswith("cuda") and torch.cuda.is_available() else "cpu"
 
 
+def folder_series(folder: Path) -> list[Series]:
+    """The image series of a DICOM folder; VolumeError naming the folder when it holds none."""
+    from .dicom import find_series, is_dicom_folder
+    if not is_dicom_folder(folder):
+        raise VolumeError(f"{folder} is a folder without DICOM files; give a .nii/.nii.gz file or a DICOM folder")
+    found = find_series(folder)
+    if not found:
+        raise VolumeError(f"{folder} holds no DICOM images; give a folder with a DICOM series (or a NIfTI file)")
+    return found
+
+
 def read_input(path: str | os.PathLike, series: str | None = None) -> tuple[Volume, Series | None]:
     """A NIfTI file or a DICOM folder as a Volume (and the series read); raises VolumeError."""
     p = Path(path)
     if p.is_dir():
-        from .dicom import find_series, is_dicom_folder, pick_series, series_volume
-        if not is_dicom_folder(p):
-            raise VolumeError(f"{p} is a folder without DICOM files; give a .nii/.nii.gz file or a DICOM folder")
-        found = find_series(p)
-        if not found:
-            raise VolumeError(f"{p} holds no DICOM images; give a folder with a DICOM series (or a NIfTI file)")
-        chosen = pick_series(found, series)
+        from .dicom import pick_series, series_volume
+        chosen = pick_series(folder_series(p), series)
         return series_volume(chosen, p), chosen
     return load_volume(p), None
 

@@ -8,8 +8,8 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QAction, QActionGroup
 from PySide6.QtWidgets import QFileDialog, QInputDialog, QMenu, QWidget
 
-from ..core.dicom import find_series, pick_series
-from ..core.inputs import SKULL_MODES
+from ..core.dicom import pick_series
+from ..core.inputs import SKULL_MODES, folder_series
 from ..core.modality import check_modality
 from ..core.volume import VolumeError
 from . import texts
@@ -72,7 +72,7 @@ def ask_series(parent: QWidget, folder: Path, ask: bool = True) -> str | None:
     Raises VolumeError when the folder cannot be listed, when it is ambiguous and asking is not allowed, or
     when the user cancels (the message then says so).
     """
-    series = find_series(folder)
+    series = folder_series(folder)
     try:
         pick_series(series, None)
         return None
