@@ -12,10 +12,16 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless
 
 from sss_viewer.core import dicom
-from sss_viewer.core.dicom import Series, find_series, is_dicom_folder, load_dicom, pick_series, read_series
+from sss_viewer.core.dicom import Series, find_series, is_dicom_folder, pick_series, read_series
+from sss_viewer.core.inputs import read_input
 from sss_viewer.core.volume import VolumeError, load_volume, write_nifti
 
 SHAPE = (5, 6, 7)  # (N, R, C): slices, rows, columns of a synthetic series
+
+
+def load(folder: Path, series: str | None = None):
+    """A DICOM folder as every tool reads it (inputs.read_input)."""
+    return read_input(folder, series)[0]
 
 
 def rotation(ax: float, az: float) -> np.ndarray:
@@ -75,7 +81,7 @@ def assert_same_voxels(volume, truth: dict) -> None:
 @pytest.mark.parametrize("reverse_names", [False, True])
 def test_synthetic_series_read_back_exactly(tmp_path, orientation, reverse_names):
     truth = write_series(tmp_path / "s", orientation, reverse_names=reverse_names, seed=len(orientation))
-    volume = load_dicom(tmp_path / "s")
+    volume = load(tmp_path / "s")
     assert_same_voxels(volume, truth)
     assert volume.path == tmp_path / "s"
     assert sorted(volume.spacing) == pytest.approx(sorted((0.9, 1.1, 2.0)))
@@ -101,20 +107,20 @@ def test_strongly_oblique_3d_acquisition_as_dcm2niix(tmp_path):
     where nibabel's closest canonical layout would be RAS."""
     tilted = tuple(rotation(47, -2) @ v for v in ((1, 0, 0), (0, 1, 0)))
     truth = write_series(tmp_path / "s", tilted, MRAcquisitionType="3D")
-    volume = load_dicom(tmp_path / "s")
+    volume = load(tmp_path / "s")
     assert volume.axcodes == ("R", "I", "A") and volume.native_shape == (7, 6, 5)
     assert_same_voxels(volume, truth)
 
 
 def test_rescale_slope_and_intercept(tmp_path):
     truth = write_series(tmp_path / "s", RescaleSlope="0.5", RescaleIntercept="-100")
-    volume = load_dicom(tmp_path / "s")
+    volume = load(tmp_path / "s")
     assert_same_voxels(volume, dict(truth, pixels=truth["pixels"] * 0.5 - 100))
 
 
 def test_results_written_on_the_series_grid(tmp_path):
     write_series(tmp_path / "s", "oblique")
-    volume = load_dicom(tmp_path / "s")
+    volume = load(tmp_path / "s")
     out = write_nifti(volume.data > 500, volume, tmp_path / "mask.nii.gz")
     image = nib.load(out)
     assert image.shape == volume.native_shape
@@ -194,13 +200,13 @@ def test_multi_volume_series_uses_the_first_volume(tmp_path):
         write_image(tmp_path / "s" / f"V2_{k}.dcm", second["pixels"][k], second["positions"][k], second["r"],
                     second["c"], instance=100 + k, AcquisitionNumber=2)
     with pytest.warns(UserWarning, match="holds 2 volumes; using the first"):
-        volume = load_dicom(tmp_path / "s")
+        volume = load(tmp_path / "s")
     assert_same_voxels(volume, truth)
 
 
 def error_for(folder: Path, match: str) -> str:
     with pytest.raises(VolumeError, match=match) as info:
-        load_dicom(folder)
+        load(folder)
     message = str(info.value)
     assert "\n" not in message
     return message
@@ -257,9 +263,11 @@ def test_unreadable_file(tmp_path):
 
 def test_no_dicom_and_missing_folder(tmp_path):
     (tmp_path / "notes.txt").write_text("no images here")
-    error_for(tmp_path, r"holds no DICOM images")
+    error_for(tmp_path, r"folder without DICOM files")
     assert not is_dicom_folder(tmp_path) and not is_dicom_folder(tmp_path / "absent")
-    error_for(tmp_path / "absent", r"absent does not exist or is not a folder")
+    error_for(tmp_path / "absent", r"absent does not exist")
+    with pytest.raises(VolumeError, match=r"absent does not exist or is not a folder"):
+        find_series(tmp_path / "absent")
 
 
 def test_size_limit_and_values(tmp_path, monkeypatch):
@@ -294,7 +302,7 @@ def test_trio_series_and_automatic_pick(trio):
     assert pick_series(series).number == 19
     assert pick_series(series, "3").tags["ImageType"] == "ORIGINAL\\PRIMARY\\P\\ND"
     assert pick_series(series, series[0].uid).number == 2
-    phase = load_dicom(folder / "gre_field_mapping_3")  # a folder's only series
+    phase = load(folder / "gre_field_mapping_3")  # a folder's only series
     assert phase.native_shape == (64, 64, 36) and phase.axcodes == ("L", "A", "S")
 
 

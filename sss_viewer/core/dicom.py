@@ -379,15 +379,6 @@ def read_series(series: Series) -> tuple[np.ndarray, np.ndarray]:
     return native, affine
 
 
-def load_dicom(folder: str | os.PathLike, series: str | int | None = None) -> Volume:
-    """Read one series of a DICOM folder (`series` as for pick_series) as a Volume, like load_volume a NIfTI."""
-    root = Path(folder)
-    found = find_series(root)
-    if not found:
-        raise VolumeError(f"{root} holds no DICOM images; give a folder with a DICOM series (or a NIfTI file)")
-    return series_volume(pick_series(found, series), root)
-
-
 def series_volume(series: Series, folder: str | os.PathLike) -> Volume:
     """One listed series as a Volume whose path is its folder (results are written on the series' grid)."""
     root = Path(folder)

@@ -2,8 +2,8 @@
 
 ``open_scan`` is the one entry point of sss-detect, sss-eval, sss-train and the viewer:
 
-1. read: a ``.nii``/``.nii.gz`` file (``volume.load_volume``) or a DICOM folder (``dicom.load_dicom``,
-   ``series`` picks one when the folder holds several);
+1. read: a ``.nii``/``.nii.gz`` file (``volume.load_volume``) or a DICOM folder (``dicom``: ``series`` picks
+   one when the folder holds several);
 2. brain (``skull``): "auto" extracts the brain with deepbet when ``brain.skull_verdict`` says the scan
    still has its skull; "force" always extracts; "off" uses the scan as it is (and says so when it looks
    like it has a skull); a ``brain_mask`` file on the scan's grid replaces extraction. Voxels outside the
@@ -52,8 +52,8 @@ class Scan:
     def warning(self) -> str | None:
         """One line when the scan looks as if it has a skull but extraction was turned off."""
         if self.skull == "off" and not self.verdict.stripped:
-            return (f"{self.original.path}: the scan seems to have its skull ({self.verdict.reason}) but brain "
-                    "extraction is off: the skull and scalp will be flagged")
+            return (f"the scan seems to have its skull ({self.verdict.reason}) but brain extraction is off: the "
+                    "skull and scalp will be flagged")
         return None
 
     def to_json(self, mask_file: str | None = None) -> dict:
@@ -96,6 +96,8 @@ def folder_series(folder: Path) -> list[Series]:
 def read_input(path: str | os.PathLike, series: str | None = None) -> tuple[Volume, Series | None]:
     """A NIfTI file or a DICOM folder as a Volume (and the series read); raises VolumeError."""
     p = Path(path)
+    if not p.exists():
+        raise VolumeError(f"{p} does not exist; check the path")
     if p.is_dir():
         from .dicom import pick_series, series_volume
         chosen = pick_series(folder_series(p), series)
