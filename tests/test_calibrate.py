@@ -10,6 +10,7 @@ import torch
 
 from sss_viewer.core.checkpoint import load_checkpoint, load_detector
 from sss_viewer.core.config import PRESETS
+from sss_viewer.core.hygiene import MapOptions
 from sss_viewer.core.volume import load_volume, prepare
 from trainer import calibrate as cal
 
@@ -74,3 +75,30 @@ def test_cli_writes_a_calibrated_copy(tmp_path, tiny_checkpoint, capsys):
         assert cal.main(argv + ["--device", "cpu"]) == 2
         assert len([line for line in capsys.readouterr().err.splitlines() if line.strip()]) == 1
     assert source.read_bytes() == before and not (tmp_path / "x.pt").exists()
+
+
+def test_map_options_are_calibrated_as_sss_eval_does_and_stored(tmp_path, tiny_checkpoint, capsys):
+    """With map hygiene the flagged shares are those of sss-eval --calibrate's whole-volume masks of the same method,
+    and the options are written beside the threshold."""
+    from trainer import evaluate as ev
+    ckpt, detector = load_detector(tiny_checkpoint(PRESETS["tiny"].preprocess), "cpu")
+    volumes = [(str(p), prepare(load_volume(p), ckpt.preset.preprocess))
+               for p in (brain(tmp_path / "a.nii.gz", 0), brain(tmp_path / "b.nii.gz", 1))]
+    options = MapOptions(median=3, erode=1, min_area=4, persist=2)
+    ours = cal.calibrate(detector, volumes, timestep=40, budget=0.02, options=options)
+    method = ev.method_named("sss40" + options.name + "_pp")
+    theirs = ev.calibrate_methods(list(ev.healthy_runs(detector, volumes, [method], seed=0)), [method], 0.02)
+    assert ours.flagged == theirs.flagged[method.name] and ours.threshold == theirs.thresholds[method.name]
+    assert ours.flagged != cal.calibrate(detector, volumes, timestep=40, budget=0.02).flagged
+
+    source = tiny_checkpoint(PRESETS["tiny"].preprocess)
+    out = tmp_path / "hygiene.pt"
+    assert cal.main([str(source), "--healthy", str(tmp_path / "a.nii.gz"), "--out", str(out), "--budget", "0.05",
+                     "--timestep", "40", "--device", "cpu", "--median", "3", "--persist", "2"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    rec = load_checkpoint(out).recommended
+    assert rec.map_options == MapOptions(median=3, persist=2) and report["map_options"]["name"] == "_med3_3d2"
+    assert "median 3×3" in rec.source and rec.threshold == report["threshold"]
+    assert cal.main([str(source), "--healthy", str(tmp_path / "a.nii.gz"), "--out", str(tmp_path / "x.pt"),
+                     "--median", "2", "--device", "cpu"]) == 2                       # even: refused, nothing written
+    assert "odd" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()

@@ -1,4 +1,5 @@
-"""sss-detect: three outputs on the input's grid, the JSON report, an exact oracle cube, bad inputs and checkpoints."""
+"""sss-detect: three outputs on the input's grid, the JSON report, the PDF report, an exact oracle cube, bad inputs and
+checkpoints."""
 
 import gzip
 import json
@@ -12,9 +13,12 @@ from scipy import ndimage
 
 from sss_viewer.cli import detect
 from sss_viewer.core import checkpoint as checkpoint_module
-from sss_viewer.core.checkpoint import LoadedCheckpoint
+from sss_viewer.core.checkpoint import LoadedCheckpoint, Recommended
 from sss_viewer.core.config import PRESETS, NoiseConfig, Preset, PreprocessConfig
 from sss_viewer.core.diffusion import Diffusion
+from sss_viewer.core.hygiene import MapOptions
+from sss_viewer.core.volume import file_stem
+from test_no_qt import QT_BLOCK
 
 LAS_1MM2 = np.diag([-1.0, 1.0, 2.0, 1.0])  # x flipped (L), 2 mm slices
 
@@ -266,6 +270,26 @@ def test_recommended_settings_are_the_defaults_and_the_command_line_wins(tmp_pat
     assert (params["timesteps"], params["threshold"], params["settings_from"]) == ([300], 0.3, "paper defaults")
 
 
+def test_map_options_from_the_checkpoint_unless_the_command_line_gives_any(tmp_path, checkpoint, capsys):
+    payload = torch.load(checkpoint, weights_only=True)
+    payload["recommended"] = Recommended(timestep=300, threshold=0.3, source="test",
+                                         map_options=MapOptions(median=3, erode=2, persist=2)).to_payload()
+    calibrated = tmp_path / "hygiene.pt"
+    torch.save(payload, calibrated)
+    src = save(brain_volume(), tmp_path / "a.nii.gz")
+    base = [src, "--checkpoint", calibrated, "--device", "cpu"]
+    for flags, want, source in (([], MapOptions(median=3, erode=2, persist=2), "checkpoint"),
+                                (["--median", "5"], MapOptions(median=5), "command line"),     # all replaced
+                                (["--median", "0"], MapOptions(), "command line")):            # the paper's maps
+        out = tmp_path / ("_".join(flags) or "default")
+        assert run([*base, "--out", out, *flags], capsys)[0] == 0
+        params = json.loads((out / "a.json").read_text())["parameters"]
+        assert params["map_options"] == want.to_json() and params["map_options_from"] == source, flags
+    assert run([src, "--checkpoint", checkpoint, "--device", "cpu", "--out", tmp_path / "old"], capsys)[0] == 0
+    params = json.loads((tmp_path / "old" / "a.json").read_text())["parameters"]    # a checkpoint without options
+    assert params["map_options"] == MapOptions().to_json() and params["map_options_from"] == "checkpoint"
+
+
 def test_each_input_gets_its_bundled_checkpoint(tmp_path, tiny_checkpoint, monkeypatch, capsys):
     from sss_viewer.core import resources
     bundle = tmp_path / "bundle"
@@ -359,7 +383,7 @@ def test_real_scan_with_skull_is_brain_extracted(real_data, tmp_path, capsys, ca
     out = tmp_path / "out"
     status, errors = run([real_data / case, "--out", out, "--device", "cpu"], capsys)
     assert status == 0 and errors == []
-    stem = detect.output_stem(Path(case))
+    stem = file_stem(Path(case))
     report = json.loads((out / f"{stem}.json").read_text())
     assert report["brain"]["verdict"] == "with skull" and report["brain"]["extraction"] == "deepbet"
     assert 1000 < report["brain"]["brain_ml"] < 2000
@@ -388,3 +412,54 @@ def test_noise_draws_from_the_command_line_or_the_checkpoint(tmp_path, checkpoin
     assert run([src, "--checkpoint", tmp_path / "k2.pt", "--device", "cpu", "--out", tmp_path / "k2"], capsys)[0] == 0
     k2 = tmp_path / "k2" / "sub-01_T1w_error.nii.gz"
     assert np.array_equal(np.asarray(nib.load(str(k2)).dataobj), e2)
+
+
+def test_report_flag_writes_a_pdf_the_json_names(tmp_path, checkpoint, capsys):
+    import pypdfium2 as pdfium
+    assert "--report" in detect.build_parser().format_help()
+    src = save(brain_volume(), tmp_path / "sub-01_T1w.nii.gz")
+    out = tmp_path / "out"
+    status, errors = run([src, "--out", out, "--checkpoint", checkpoint, "--device", "cpu", "--report"], capsys)
+    assert status == 0 and errors == []
+    assert sorted(p.name for p in out.iterdir()) == ["sub-01_T1w.json", "sub-01_T1w_error.nii.gz",
+                                                     "sub-01_T1w_mask.nii.gz", "sub-01_T1w_report.pdf"]
+    report = json.loads((out / "sub-01_T1w.json").read_text())
+    assert report["outputs"] == {"mask": "sub-01_T1w_mask.nii.gz", "error": "sub-01_T1w_error.nii.gz",
+                                 "report": "sub-01_T1w_report.pdf"}
+    assert report["timings_s"]["report"] > 0
+    doc = pdfium.PdfDocument(str(out / "sub-01_T1w_report.pdf"))
+    assert len(doc) == 1 + min(len(report["lesions"]), 5)
+    first = " ".join(doc[0].get_textpage().get_text_range().split())
+    for needed in ("sub-01_T1w.nii.gz", "tiny.pt", report["checkpoint"]["sha256"][:16], "not a diagnosis",
+                   f"{len(report['lesions'])} region"):
+        assert needed in first, needed
+
+
+def test_a_failed_write_leaves_no_report_behind(tmp_path, checkpoint, monkeypatch, capsys):
+    def full_disk(path, text):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(detect, "atomic_write_text", full_disk)                # the JSON, written after the PDF
+    src = save(brain_volume(), tmp_path / "scan.nii.gz")
+    status, errors = run([src, "--out", tmp_path / "out", "--checkpoint", checkpoint, "--device", "cpu", "--report"],
+                         capsys)
+    assert status == 2 and len(errors) == 1 and "No space left on device" in errors[0]
+    assert not any((tmp_path / "out").iterdir())
+
+
+QT_BLOCKED_DETECT = QT_BLOCK + """
+from sss_viewer.cli import detect
+status = detect.main(sys.argv[1:])
+assert not any(m.split('.')[0] in ('PySide6', 'pyqtgraph') for m in sys.modules)
+sys.exit(status)
+"""
+
+
+def test_detect_without_report_never_loads_qt(tmp_path, checkpoint):
+    import subprocess
+    import sys
+    src = save(brain_volume(), tmp_path / "scan.nii.gz")
+    args = [str(src), "--out", str(tmp_path / "out"), "--checkpoint", str(checkpoint), "--device", "cpu"]
+    done = subprocess.run([sys.executable, "-c", QT_BLOCKED_DETECT, *args], capture_output=True, text=True,
+                          cwd=Path(detect.__file__).parents[2])
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out" / "scan.json").is_file() and not (tmp_path / "out" / "scan_report.pdf").exists()

@@ -22,10 +22,9 @@ from sss_viewer.core.checkpoint import save_checkpoint  # noqa: E402
 from sss_viewer.core.config import PRESETS  # noqa: E402
 from sss_viewer.core.resources import DEMO_CHECKPOINT, DEMO_VOLUME, default_checkpoint, resource  # noqa: E402
 from sss_viewer.core.unet import UNet  # noqa: E402
-from sss_viewer.core.volume import Volume  # noqa: E402
 from sss_viewer.gui import qtcompat, texts  # noqa: E402
 from sss_viewer.gui.app import launch, main, parse_args  # noqa: E402
-from sss_viewer.gui.coords import canonical_to_native, model_to_canonical  # noqa: E402
+from sss_viewer.gui.coords import model_to_canonical  # noqa: E402
 from sss_viewer.gui.main_window import MainWindow  # noqa: E402
 from sss_viewer.gui.settings import Settings  # noqa: E402
 
@@ -422,21 +421,6 @@ def test_window_level_and_status_line(qtbot, window, files):
     assert texts.STATUS_OUTSIDE in w.cursor_label.text() or "voxel" in w.cursor_label.text()
 
 
-def test_canonical_to_native_matches_core_reorientation():
-    native = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6) + 1
-    axis = {"R": (0, 1), "L": (0, -1), "A": (1, 1), "P": (1, -1), "S": (2, 1), "I": (2, -1)}
-    for codes in ("LPS", "RAS", "ASL", "IRP"):
-        affine = np.eye(4)
-        affine[:3, :3] = 0
-        for i, code in enumerate(codes):
-            world, sign = axis[code]
-            affine[world, i] = sign
-        vol = Volume.from_array(native, affine)
-        assert vol.axcodes == tuple(codes)
-        for index in np.ndindex(vol.data.shape):
-            assert native[canonical_to_native(vol, index)] == vol.data[index]
-
-
 def test_drop_and_recent_files(qtbot, window, files, settings_dir):
     w = window
     key = w.session.key
@@ -728,3 +712,169 @@ def test_folder_without_a_usable_series_is_an_error_dialog(qtbot, window, tmp_pa
     assert "gap" in error.args[0] and w._error_box.isVisible()
     assert w.session.volume.path == path and w.shown is shown           # the previous volume stays
     w._error_box.close()
+
+
+# Map hygiene (core.hygiene.MapOptions) in the viewer
+def set_median(w: MainWindow, n: int) -> None:
+    w.controls.median_combo.setCurrentIndex(w.controls.median_combo.findData(n))
+
+
+def test_slice_view_cleans_each_timestep_with_its_own_reconstruction():
+    from sss_viewer.core.hygiene import MapOptions
+    from sss_viewer.gui.results import ResultCache, SliceResult
+    rng = np.random.default_rng(0)
+    x0 = rng.random((16, 16), np.float32)
+    brain = np.zeros((16, 16), bool)
+    brain[2:14, 3:13] = True
+    cache = ResultCache()
+    for t in (100, 200):
+        recon = rng.random((16, 16), np.float32)
+        cache.put(4, t, 0, SliceResult(recon=recon, error=np.square(x0 - recon) * brain))
+    options = MapOptions(lowpass=1.0, median=3, erode=1, min_area=5)
+    view = cache.view(4, (100, 200), 0, options, x0, brain)
+    for k, t in enumerate((100, 200)):
+        r = cache.get(4, t, 0)
+        assert np.allclose(view.errors[k], options.clean_map(r.error[None], brain[None], x0[None], r.recon[None])[0])
+    assert view.options == options and np.allclose(view.heat, view.errors.mean(axis=0))
+    raw = cache.view(4, (100, 200), 0)
+    assert np.array_equal(raw.errors[0], cache.get(4, 100, 0).error)       # the cache keeps the raw results
+    with pytest.raises(ValueError):
+        view.cleaned(options, x0, brain)                                    # never cleaned twice
+
+
+def test_map_options_clean_the_shown_slice_from_the_cache_without_the_model(qtbot, window, tmp_path):
+    from sss_viewer.core.anomaly import PostProcess, make_mask, slice_scores
+    from sss_viewer.core.hygiene import MapOptions
+    w = window
+    mv, z, ts, seed = w.session.model_volume, w.state.slice, w.timesteps(), w.state.seed
+    x0, brain = mv.data[z][None], mv.brain_mask[z][None]                 # (1, S, S)
+    raw = w.session.cache.view(z, ts, seed)
+    calls, request = w.worker.model_calls, w._request_id
+    w.state.set(threshold=0.05, postprocess=False)
+    raw_mask = raw.mask(0.05, False, w.state.votes)
+
+    def expect(**kw):
+        heat = MapOptions(**kw).clean_map(raw.errors, brain, x0, raw.recons)[0]
+        assert np.allclose(w.panels.heat_image.image, heat) and np.allclose(w.shown.heat, heat)
+        scores = w._scores_for(ts, seed)
+        assert scores[z] == pytest.approx(float(slice_scores(heat[None], brain)[0]))
+        return heat
+
+    set_median(w, 3)
+    assert w.state.median == 3
+    heat = expect(median=3)
+    assert not np.allclose(heat, raw.heat) and "median 3×3" in w.panels.mask.title.text()
+    w.controls.erode_spin.setValue(2)
+    expect(median=3, erode=2)
+    assert "median 3×3, rim 2 px" in w.panels.mask.title.text()
+    w.controls.lowpass_spin.setValue(1.0)
+    assert w.state.lowpass == 1.0
+    heat = expect(lowpass=1.0, median=3, erode=2)
+    assert np.array_equal(w.panels._mask, make_mask(heat, 0.05, PostProcess(enabled=False)))
+    w.controls.min_area_spin.setValue(20)                                 # the mask only: small regions dropped
+    expect(lowpass=1.0, median=3, erode=2)
+    pp = MapOptions(min_area=20).postprocess(PostProcess(enabled=False))
+    assert np.array_equal(w.panels._mask, make_mask(heat, 0.05, pp))
+    assert "regions ≥ 20 px" in w.panels.mask.title.text()
+    for name in ("lowpass_spin", "erode_spin", "min_area_spin"):
+        getattr(w.controls, name).setValue(0)
+    set_median(w, 0)                                                     # all off: the paper's raw maps again
+    assert np.array_equal(w.panels.heat_image.image, raw.heat) and np.array_equal(w.panels._mask, raw_mask)
+    assert " · " not in w.panels.mask.title.text()
+    assert w.worker.model_calls == calls and w._request_id == request   # never a model call
+
+    w.state.set(median=3, erode=3)                                       # a look at the controls' layout
+    width = w.controls.width()
+    assert w.controls.lowpass_spin.text() == "off" and w.controls.erode_spin.text() == "3 px"
+    w.grab().save(str(tmp_path / "hygiene_check.png"))
+    assert w.controls.hygiene_box.width() <= width
+    for label in w.controls.hygiene_box.findChildren(type(w.controls.model_label)):
+        assert label.width() >= label.sizeHint().width(), f"{label.text()!r} is clipped"
+
+
+def test_checkpoint_map_options_set_the_controls_unless_pinned(qtbot, window, files, tmp_path, settings_dir):
+    from sss_viewer.core.checkpoint import Recommended, atomic_torch_save
+    from sss_viewer.core.hygiene import MapOptions
+    w = window
+    path = tmp_path / "clean.pt"
+    payload = torch.load(files["checkpoint2"], weights_only=True)       # a save_checkpoint file, recalibrated
+    payload["recommended"] = Recommended(timestep=300, threshold=0.2, source="test",
+                                         map_options=MapOptions(median=3, erode=2, persist=2)).to_payload()
+    atomic_torch_save(payload, path)
+    w.open_checkpoint(path)
+    wait_for(qtbot, lambda: w.session.model.path == path and w.shown is not None)
+    st, c = w.state, w.controls
+    assert (st.median, st.erode, st.persist, st.lowpass, st.min_area, st.threshold) == (3, 2, 2, 0.0, 0, 0.2)
+    assert c.median_combo.currentData() == 3 and c.erode_spin.value() == 2 and c.persist_spin.value() == 2
+    assert "median 3×3, brain eroded 2 px" in c.model_label.text()
+    assert "median 3×3, rim 2 px" in w.panels.mask.title.text()
+    raw = w.session.cache.view(w.state.slice, w.timesteps(), w.state.seed)
+    mv = w.session.model_volume
+    cleaned = MapOptions(median=3, erode=2).clean_map(raw.errors, mv.brain_mask[st.slice][None],
+                                                      mv.data[st.slice][None], raw.recons)[0]
+    assert np.allclose(w.panels.heat_image.image, cleaned)               # the result came from the worker raw
+    w.close()
+    assert Settings.load()["median"] == 3 and Settings.load()["erode"] == 2   # restored like persist
+
+    w = MainWindow(Settings.load())
+    qtbot.addWidget(w)
+    assert (w.state.median, w.state.erode) == (3, 2) and w.controls.median_combo.currentData() == 3
+    w.state.set(erode=12, median=7)                                      # a checkpoint's beyond the boxes: shown ...
+    assert w.controls.erode_spin.value() == 12 and w.controls.median_combo.currentText() == "7×7"
+    w.close()                                                            # ... and not saved where invalid
+    assert Settings.load()["erode"] == 2 and Settings.load()["median"] == 7
+
+    Settings(settings_dir / "settings.json").save()                      # back to the defaults
+    w = launch(parse_args([str(files["volume"]), "--checkpoint", str(path), "--threshold", "0.5",
+                           "--device", "cpu"]))                          # the command line wins for its own fields
+    qtbot.addWidget(w)
+    wait_for(qtbot, lambda: w.session is not None and w.session.model is not None and w.shown is not None)
+    assert w.state.threshold == 0.5 and (w.state.median, w.state.erode) == (3, 2)
+    w.close()
+    Settings(settings_dir / "settings.json").save()
+    w = MainWindow(Settings.load())
+    qtbot.addWidget(w)
+    w.pinned_settings = {"median"}                                       # a pinned option is not overridden
+    w.start(files["volume"], path, device="cpu")
+    wait_for(qtbot, lambda: w.session is not None and w.session.model is not None and w.shown is not None)
+    assert w.state.median == 0 and w.state.erode == 2
+    w.close()
+
+
+def test_map_options_reach_the_whole_volume_export_and_report(qtbot, window, tmp_path):
+    from sss_viewer.core.hygiene import MapOptions
+    w = window
+    w.worker.cpu_chunk = 16
+    w.state.set(threshold=0.05, postprocess=False)
+    with qtbot.waitSignal(w.run_done, timeout=60_000):
+        w.run_whole_volume()
+    calls = w.worker.model_calls
+    mv = w.session.model_volume
+    first, last = mv.slice_range
+    raw = w.volume_maps()
+    set_median(w, 3)
+    w.controls.erode_spin.setValue(2)
+    w.controls.min_area_spin.setValue(10)
+    options = MapOptions(median=3, erode=2, min_area=10)
+    maps = w.volume_maps()
+    expected = np.zeros_like(raw.heat)
+    for z in range(first, last + 1):
+        view = w.session.cache.view(z, w.timesteps(), w.state.seed)
+        expected[z] = options.clean_map(view.errors, mv.brain_mask[z][None], mv.data[z][None], view.recons)[0]
+    assert np.allclose(maps.heat, expected) and not np.allclose(maps.heat, raw.heat)
+    assert maps.mask.sum() < raw.mask.sum()                              # smaller and rim regions are gone
+    scores = w._scores_for(w.timesteps(), w.state.seed)                   # the score plot follows the cleaned maps
+    assert np.isfinite(scores[first:last + 1]).all()
+    mask_path, error_path = w.export_nifti(tmp_path / "clean", compute_missing=False)
+    error = np.asarray(nib.load(str(error_path)).dataobj)[::-1, ::-1, :]   # native LPS → canonical
+    mask = np.asarray(nib.load(str(mask_path)).dataobj)[::-1, ::-1, :] > 0
+    assert np.allclose(error, mv.to_canonical(expected, "linear"), atol=1e-6)
+    assert np.array_equal(mask, maps.canonical_mask)
+    lines = dict(w.reading.report_content(maps).settings_lines)
+    assert lines[texts.REPORT_HYGIENE] == "median 3×3, brain eroded 2 px, regions ≥ 10 px"
+    set_median(w, 0)
+    for spin in (w.controls.erode_spin, w.controls.min_area_spin):
+        spin.setValue(0)
+    assert dict(w.reading.report_content(w.volume_maps()).settings_lines)[texts.REPORT_HYGIENE] == \
+        texts.REPORT_HYGIENE_OFF
+    assert np.array_equal(w.volume_maps().heat, raw.heat) and w.worker.model_calls == calls

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from nibabel.orientations import apply_orientation
 
-from sss_viewer.core.lesions import Lesion, lesion_list
+from sss_viewer.core.lesions import (CSV_COLUMNS, Lesion, canonical_to_native_index, lesion_list, lesions_csv,
+                                     write_lesions_csv)
 from sss_viewer.core.volume import Volume
 
 # LPS, 0.5 x 2 x 1.5 mm voxels (1.5 mm^3 = 0.0015 mL): native x runs R → L, y runs A → P, z runs I → S.
@@ -52,7 +53,7 @@ def test_three_regions_in_volume_order_on_an_lps_grid():
     assert [l.mean_heat for l in lesions] == pytest.approx([1.3, 2.0, 5.0])
     assert lesions[1].to_json() == {"label": 2, "voxels": 9, "volume_ml": pytest.approx(0.0135),
                                     "centre_ras_mm": pytest.approx([6.5, 4, 2.5]), "centre_voxel": [7, 8, 5],
-                                    "slices": [4, 6], "peak_heat": 2.0, "mean_heat": 2.0}
+                                    "slices": [4, 6], "peak_slice": 4, "peak_heat": 2.0, "mean_heat": 2.0}
 
 
 def test_min_ml_drops_the_small_ones_and_renumbers():
@@ -107,3 +108,62 @@ def test_native_index_and_world_centre_on_a_permuted_lia_grid():
     assert [l.slices for l in lesions] == [(4, 6), (0, 2), (0, 0)]
     np.testing.assert_allclose([l.volume_ml for l in lesions], np.array([27, 9, 1]) * 6 / 1000)
     assert isinstance(lesions[0], Lesion) and all(isinstance(i, int) for i in lesions[0].centre_voxel)
+    canonical_mask = canonical(mask, volume)
+    for l in lesions:
+        assert canonical_mask[l.centre_canonical]                   # the same voxel, canonical index
+        assert canonical_to_native_index(l.centre_canonical, volume) == l.centre_voxel
+
+
+def test_peak_slice_is_the_slice_with_most_voxels():
+    volume = volume_on(np.eye(4), (8, 8, 6))
+    mask = np.zeros((8, 8, 6), bool)
+    mask[2:4, 2:4, 1] = True                            # 4 voxels on slice 1
+    mask[1:6, 1:6, 2] = True                            # 25 on slice 2
+    mask[2, 2, 3] = True                                # 1 on slice 3
+    (lesion,) = lesion_list(mask, mask.astype(np.float32), volume)
+    assert lesion.slices == (1, 3) and lesion.peak_slice == 2 and lesion.voxels == 30
+
+
+def test_canonical_to_native_index_matches_core_reorientation():
+    native = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6) + 1
+    axis = {"R": (0, 1), "L": (0, -1), "A": (1, 1), "P": (1, -1), "S": (2, 1), "I": (2, -1)}
+    for codes in ("LPS", "RAS", "ASL", "IRP"):
+        affine = np.eye(4)
+        affine[:3, :3] = 0
+        for i, code in enumerate(codes):
+            world, sign = axis[code]
+            affine[world, i] = sign
+        vol = Volume.from_array(native, affine)
+        assert vol.axcodes == tuple(codes)
+        for index in np.ndindex(vol.data.shape):
+            assert native[canonical_to_native_index(index, vol)] == vol.data[index]
+
+
+def test_csv_header_and_rows_by_hand(tmp_path):
+    volume = volume_on(LPS, (10, 12, 8))
+    mask, error = three_regions()
+    lesions = lesion_list(canonical(mask, volume), canonical(error, volume), volume)
+    text = lesions_csv(lesions)
+    lines = text.splitlines()
+    assert lines[0] == ("label,voxels,volume_ml,centre_r_mm,centre_a_mm,centre_s_mm,voxel_i,voxel_j,voxel_k,"
+                        "first_slice,last_slice,peak_slice,peak_heat,mean_heat")
+    assert lines[0].split(",") == list(CSV_COLUMNS)
+    # 27 voxels of 1.5 mm^3, centre (9, 14, -2) mm at native voxel (2, 3, 2), slices 1-3 with 9 voxels each
+    assert lines[1] == "1,27,0.0405,9.00,14.00,-2.00,2,3,2,1,3,1,2.6,1.3"
+    assert lines[2] == "2,9,0.0135,6.50,4.00,2.50,7,8,5,4,6,4,2,2"
+    assert lines[3] == "3,1,0.0015,10.00,-2.00,5.50,0,11,7,7,7,7,5,5"
+    assert len(lines) == 4 and lesions_csv([]).splitlines() == [lines[0]]
+    path = write_lesions_csv(tmp_path / "lesions.csv", lesions[1:])
+    assert path.read_text().splitlines() == [lines[0], lines[2], lines[3]]
+    assert [p.name for p in tmp_path.iterdir()] == ["lesions.csv"]          # no temporary left
+    with pytest.raises(OSError):
+        write_lesions_csv(tmp_path / "missing" / "lesions.csv", lesions)
+
+
+def test_csv_number_formats():
+    lesion = Lesion(label=4, voxels=3, volume_ml=3 * 0.000125, centre_ras_mm=(0.004, 123.456, -45.678),
+                    centre_voxel=(1, 2, 3), slices=(0, 9), centre_canonical=(3, 2, 1), peak_slice=5,
+                    peak_heat=0.123456789, mean_heat=1.5e-5)
+    (row,) = lesions_csv([lesion]).splitlines()[1:]
+    assert row.split(",")[2:6] == ["0.000375", "0.00", "123.46", "-45.68"]        # sub-mm voxels' mL stay exact
+    assert row.split(",")[-2:] == ["0.12346", "1.5e-05"]

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from sss_viewer.core.metrics import all_metrics, average_precision, dice, iou, precision, recall, roc_auc
+from sss_viewer.core.metrics import (Overlap, all_metrics, average_precision, dice, iou, overlap, precision, recall,
+                                     roc_auc)
 
 # pred flags 4 pixels, truth has 2; they share 1:  TP=1, FP=3, FN=1
 PRED = np.array([[1, 1, 0], [1, 1, 0], [0, 0, 0]], bool)
@@ -79,3 +80,39 @@ def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="size"):
         average_precision(np.arange(3.0), TRUTH)
     assert set(all_metrics(PRED, PRED.astype(float), TRUTH)) == {"dice", "iou", "precision", "recall", "auc"}
+
+
+def test_overlap_counts_and_scores():
+    o = overlap(PRED, TRUTH)
+    assert o == Overlap(tp=1, fp=3, fn=1)
+    assert (o.dice, o.iou, o.precision, o.recall) == pytest.approx((2 / 6, 1 / 5, 1 / 4, 1 / 2))
+    assert (o.dice, o.iou, o.precision, o.recall) == (dice(PRED, TRUTH), iou(PRED, TRUTH), precision(PRED, TRUTH),
+                                                    recall(PRED, TRUTH))
+    volume = np.zeros((2, 3, 4), bool)                                      # 3-D, and 0/1 ints count as booleans
+    volume[0, :2, :2] = True                                                # 4 flagged
+    truth = np.zeros((2, 3, 4), np.uint8)
+    truth[0, 1:3, 1:3] = 1                                                  # 4 in the reference, 1 shared
+    truth[1, 0, 0] = 1
+    assert overlap(volume, truth) == Overlap(1, 3, 4)
+    assert overlap(volume, truth).dice == pytest.approx(2 / 9)
+    assert overlap(volume[0], truth[0]) == Overlap(1, 3, 3)                 # one slice of it
+    assert all(isinstance(n, int) for n in (o.tp, o.fp, o.fn))
+
+
+def test_overlap_empty_cases():
+    z = np.zeros((3, 3), bool)
+    nothing = overlap(z, z)
+    assert nothing == Overlap(0, 0, 0)
+    assert (nothing.dice, nothing.iou, nothing.precision, nothing.recall) == (1.0, 1.0, 1.0, 1.0)
+    missed = overlap(z, TRUTH)                                              # flags nothing of a 2-pixel reference
+    assert missed == Overlap(0, 0, 2) and (missed.dice, missed.precision, missed.recall) == (0.0, 1.0, 0.0)
+    false_alarm = overlap(PRED, z)                                          # flags 4, the reference is empty
+    assert false_alarm == Overlap(0, 4, 0) and (false_alarm.dice, false_alarm.precision, false_alarm.recall) == (
+        0.0, 0.0, 1.0)
+
+
+def test_overlap_shape_mismatch():
+    with pytest.raises(ValueError, match=r"prediction shape \(3, 3\) differs from ground truth shape \(2, 3\)"):
+        overlap(PRED, TRUTH[:2])
+    with pytest.raises(AttributeError):
+        Overlap(1, 2, 3).tp = 0                                             # frozen

@@ -8,13 +8,15 @@ from pathlib import Path
 import sss_viewer.core
 import trainer
 
-BLOCKER = """
+QT_BLOCK = """
 import importlib.abc, sys
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name.split('.')[0] in ('PySide6', 'pyqtgraph', 'shiboken6'):
             raise ImportError('Qt is forbidden here: ' + name)
 sys.meta_path.insert(0, Block())
+"""
+BLOCKER = QT_BLOCK + """
 import importlib
 for name in sys.argv[1:]:
     importlib.import_module(name)

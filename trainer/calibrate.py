@@ -14,9 +14,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sss_viewer.cli import bad_input
+from sss_viewer.cli import add_map_options, bad_input, given_map_options
 from sss_viewer.core.anomaly import PRECISION_HELP, PRECISIONS, PostProcess, make_mask
 from sss_viewer.core.checkpoint import Recommended, atomic_torch_save, load_detector, read_checkpoint
+from sss_viewer.core.hygiene import MapOptions, keep_persistent
 from sss_viewer.core.volume import ModelVolume, prepare
 
 from .data import healthy_scan
@@ -38,25 +39,30 @@ class Calibration:
         return {name: curve[k] for name, curve in self.flagged.items()}
 
 
-def flagged_curve(error: np.ndarray, brain: np.ndarray, pp: PostProcess = PostProcess()) -> list[float]:
-    """Share of brain pixels in the post-processed mask at each of THRESHOLDS; error and brain (n, S, S)."""
+def flagged_curve(error: np.ndarray, brain: np.ndarray, pp: PostProcess = PostProcess(), persist: int = 0) -> list[float]:
+    """Share of brain pixels in the post-processed mask at each of THRESHOLDS; error and brain (n, S, S), with
+    persist (the slices consecutive): 3-D regions spanning fewer slices dropped first."""
     total = max(1, int(np.count_nonzero(brain)))
-    return [float(np.count_nonzero(make_mask(error, t, pp) & brain) / total) for t in THRESHOLDS]
+    return [float(np.count_nonzero(keep_persistent(make_mask(error, t, pp), persist) & brain) / total)
+            for t in THRESHOLDS]
 
 
 def calibrate(detector, volumes: Sequence[tuple[str, ModelVolume]], timestep: int, budget: float = DEFAULT_BUDGET,
-              seed: int = 0) -> Calibration:
-    """Run single-step sampling over every brain slice of healthy volumes; the threshold is the smallest of
-    THRESHOLDS from which on the mean flagged share (over volumes) stays within budget."""
+              seed: int = 0, options: MapOptions = MapOptions()) -> Calibration:
+    """Run single-step sampling over every brain slice of healthy volumes and make each volume's masks as the tools
+    do (heat map cleaned by `options`, post-processed, 3-D persistence); the threshold is the smallest of THRESHOLDS
+    from which on the mean flagged share (over volumes) stays within budget."""
     flagged = {}
+    pp = options.postprocess(PostProcess())
     for name, volume in volumes:
         first, last = volume.slice_range
+        x0, brain = volume.data[first:last + 1], volume.brain_mask[first:last + 1]      # (n, S, S) each
         with tqdm(total=last - first + 1, desc=Path(name).parent.name or name, unit="slice", file=sys.stderr,
                   disable=None, leave=False) as bar:
-            rec = detector.reconstruct(volume.data[first:last + 1], timestep, seed=seed,
-                                       indices=range(first, last + 1), brain=volume.brain_mask[first:last + 1],
+            rec = detector.reconstruct(x0, timestep, seed=seed, indices=range(first, last + 1), brain=brain,
                                        progress=lambda done, _total: bar.update(done - bar.n) or True)
-        flagged[name] = flagged_curve(rec.error, volume.brain_mask[first:last + 1])
+        heat = options.clean_map(rec.error, brain, x0, rec.recon)                      # (n, S, S)
+        flagged[name] = flagged_curve(heat, brain, pp, options.persist)
     threshold = within_budget(flagged, budget, "the checkpoint does not fit these scans")
     return Calibration(timestep=timestep, budget=budget, threshold=threshold, flagged=flagged)
 
@@ -77,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sss-calibrate",
         description="Choose a checkpoint's mask threshold on healthy volumes it was not trained on: the smallest "
-                    "threshold that flags at most --budget of their brain pixels (post-processed masks, mean over "
-                    "volumes). Writes a copy of the checkpoint that sss-detect, sss-eval and sss-viewer then run "
+                    "threshold that flags at most --budget of their brain pixels (post-processed masks with the map "
+                    "hygiene asked for, mean over volumes). Writes a copy of the checkpoint that sss-detect, sss-eval and sss-viewer then run "
                     "at this threshold and timestep by default, and prints the measurements as JSON.")
     p.add_argument("checkpoint", type=Path, metavar="CKPT", help="checkpoint made by sss-train")
     p.add_argument("--healthy", type=Path, nargs="+", required=True, metavar="PATH",
@@ -93,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     p.add_argument("--draws", type=int, default=1, metavar="K",
                    help="noise draws averaged per slice, stored with the threshold (default 1)")
+    add_map_options(p, "the threshold is calibrated on masks made with them and they are stored beside it, so "
+                       "sss-detect and sss-viewer apply them by default (default: all off, the paper's maps)")
     p.add_argument("--half", action="store_true",
                    help="store the weights in half precision (half the file; measured with the rounded weights)")
     return p
@@ -107,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.exists() and args.out.resolve() == args.checkpoint.resolve():
         return fail(f"--out {args.out} is the input checkpoint; write the calibrated copy to another file")
     try:
+        options = given_map_options(args) or MapOptions()
         ckpt, detector = load_detector(args.checkpoint, args.device, precision=args.precision, draws=args.draws)
         if args.half:
             with torch.no_grad():                    # the detector runs this model: measure what will be stored
@@ -118,16 +127,16 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--timestep {timestep} is outside [0, {ckpt.preset.diffusion.timesteps})")
         volumes = [(str(p), prepare(healthy_scan(p).volume, ckpt.preset.preprocess))
                    for p in args.healthy]
-        result = calibrate(detector, volumes, timestep, args.budget, args.seed)
+        result = calibrate(detector, volumes, timestep, args.budget, args.seed, options)
     except ValueError as err:  # CheckpointError, VolumeError, the device, a budget no threshold meets
         return fail(err)
     names = ", ".join(Path(name).parent.name or name for name in result.flagged)
     source = (f"sss-calibrate: threshold for at most {100 * args.budget:g} % of healthy brain pixels flagged "
-              f"(post-processed, lambda {timestep}, {args.draws} noise draw(s), seed {args.seed}) on {len(volumes)} "
-              f"volume(s): {names}")
+              f"(post-processed{options.label}, lambda {timestep}, {args.draws} noise draw(s), seed {args.seed}) on "
+              f"{len(volumes)} volume(s): {names}")
     payload = read_checkpoint(args.checkpoint)
     payload["recommended"] = Recommended(timestep=timestep, threshold=result.threshold, source=source,
-                                         draws=args.draws).to_payload()
+                                         draws=args.draws, map_options=options).to_payload()
     if args.half:
         payload["ema"] = {k: v.half() if v.is_floating_point() else v for k, v in payload["ema"].items()}
     try:
@@ -135,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:
         return fail(f"cannot write {args.out} ({err.strerror}); check the folder's permissions and free space")
     report = {"checkpoint": str(args.checkpoint), "out": str(args.out), "timestep": timestep, "draws": args.draws,
+              "map_options": options.to_json(),
               "budget": args.budget, "threshold": result.threshold, "flagged_at_threshold": result.at(result.threshold),
               "thresholds": list(THRESHOLDS), "flagged": result.flagged, "device": str(detector.device),
               "precision": detector.precision}

@@ -11,6 +11,7 @@ import platform
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import nibabel as nib
@@ -19,17 +20,17 @@ import torch
 from tqdm import tqdm
 
 import sss_viewer
-from sss_viewer.cli import bad_input
+from sss_viewer.cli import add_map_options, bad_input, given_map_options
 from sss_viewer.core.anomaly import (CONSENSUS_TIMESTEPS, DEFAULT_THRESHOLD, DEFAULT_TIMESTEP, PRECISION_HELP,
                                      PRECISIONS, Detector, PostProcess, detect_volume)
 from sss_viewer.core.checkpoint import CheckpointError, LoadedCheckpoint, load_detector, preset_to_dict
 from sss_viewer.core.files import atomic_write_text
 from sss_viewer.core.hygiene import MapOptions
-from sss_viewer.core.inputs import SKULL_HELP, SKULL_MODES, open_scan
-from sss_viewer.core.lesions import lesion_list
+from sss_viewer.core.inputs import SKULL_HELP, SKULL_MODES, Scan, open_scan
+from sss_viewer.core.lesions import Lesion, lesion_list
 from sss_viewer.core.modality import check_modality
 from sss_viewer.core.resources import default_checkpoint
-from sss_viewer.core.volume import NIFTI_SUFFIXES, prepare, write_nifti
+from sss_viewer.core.volume import file_stem, prepare, write_nifti
 
 
 
@@ -54,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Detect anomalies in brain MRI volumes by single-step diffusion sampling. For each VOLUME "
                     "writes DIR/<stem>_mask.nii.gz (uint8 0/1), DIR/<stem>_error.nii.gz (float32 squared error) "
                     "and DIR/<stem>.json, on the input's own voxel grid (and DIR/<stem>_brainmask.nii.gz when the "
-                    "brain was extracted).")
+                    "brain was extracted, DIR/<stem>_report.pdf with --report).")
     p.add_argument("volumes", nargs="+", metavar="VOLUME",
                    help="input scans: .nii or .nii.gz files or DICOM folders (<stem>: the file or folder name)")
     p.add_argument("--series", metavar="S",
@@ -80,26 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--votes", type=int, metavar="K",
                    help="with --consensus: a pixel is kept when at least K timesteps flag it (default: a majority)")
     p.add_argument("--no-postprocess", action="store_true", help="skip the 3x3 dilation and largest-region step")
-    hygiene = p.add_argument_group(
-        "map hygiene", "beyond the paper, each off by default and recorded in the JSON's parameters.map_options; "
-                       "with --lowpass, --median or --erode the error map written is the cleaned heat map the mask "
-                       "is thresholded from")
-    hygiene.add_argument("--lowpass", type=float, default=0.0, metavar="S",
-                         help="compare like with like: the heat map is the squared difference of the slice and its "
-                              "reconstruction, both blurred by a Gaussian of sigma S model pixels (default 0: off)")
-    hygiene.add_argument("--median", type=int, default=0, metavar="K",
-                         help="K x K median filter of each slice's heat map, K odd (default 0: off)")
-    hygiene.add_argument("--erode", type=int, default=0, metavar="PX",
-                         help="zero the heat map within PX model pixels of the brain mask's rim (default 0: off)")
-    hygiene.add_argument("--min-area", type=int, default=0, metavar="PX",
-                         help="drop connected regions of a slice's mask smaller than PX model pixels, after the "
-                              "dilation unless --no-postprocess (default 0: off)")
-    hygiene.add_argument("--persist", type=int, default=0, metavar="N",
-                         help="keep a 3-D connected region of the volume's mask only when it spans at least N "
-                              "consecutive slices (default 0: off)")
+    add_map_options(p, "by default the checkpoint's own (those its threshold was calibrated with, sss-calibrate), "
+                       "off for a checkpoint without them; any of these options replaces all of the checkpoint's "
+                       "(the others are then off); recorded in the JSON's parameters.map_options; with --lowpass, "
+                       "--median or --erode the error map written is the cleaned heat map the mask is thresholded "
+                       "from")
     p.add_argument("--min-lesion-ml", type=float, default=0.0, metavar="ML",
                    help="leave regions smaller than ML millilitres out of the JSON's lesion list (the 26-connected "
                         "regions of the mask; the mask itself is unchanged; default 0: list all)")
+    p.add_argument("--report", action="store_true",
+                   help="also write DIR/<stem>_report.pdf, a report to read without the viewer: input, checkpoint, "
+                        "settings, the lesion list and views of the largest regions")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N] (default auto)")
     p.add_argument("--seed", type=int, default=0, help="noise seed; equal seeds give equal results (default 0)")
     p.add_argument("--draws", type=int, default=None, metavar="K",
@@ -114,30 +106,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def output_stem(path: Path) -> str:
-    """File name without .nii / .nii.gz (any case)."""
-    name = path.name
-    for suffix in sorted(NIFTI_SUFFIXES, key=len, reverse=True):
-        if name.lower().endswith(suffix):
-            return name[:-len(suffix)]
-    return path.stem
-
-
 @dataclass(frozen=True)
 class Outputs:
     mask: Path
     error: Path
     report: Path
     brain: Path  # written only when the brain was extracted
+    pdf: Path    # written only with --report
 
     @classmethod
     def for_input(cls, path: Path, out_dir: Path) -> Outputs:
-        stem = output_stem(path)
+        stem = file_stem(path)
         return cls(out_dir / f"{stem}_mask.nii.gz", out_dir / f"{stem}_error.nii.gz", out_dir / f"{stem}.json",
-                   out_dir / f"{stem}_brainmask.nii.gz")
+                   out_dir / f"{stem}_brainmask.nii.gz", out_dir / f"{stem}_report.pdf")
 
-    def paths(self) -> tuple[Path, Path, Path, Path]:
-        return self.mask, self.error, self.report, self.brain
+    def paths(self) -> tuple[Path, Path, Path, Path, Path]:
+        return self.mask, self.error, self.report, self.brain, self.pdf
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -180,23 +164,78 @@ def checkpoint_identity(ckpt: LoadedCheckpoint) -> dict:
             "preset": preset_to_dict(ckpt.preset), "recommended": ckpt.recommended.to_payload()}
 
 
+Lines = list[tuple[str, str]]
+HYGIENE_LINES = (("lowpass", "low-pass sigma {:g} model px"), ("median", "median filter {:g} model px"),
+                 ("erode", "rim erosion {:g} model px"), ("min_area", "slice regions under {:g} model px dropped"))
+
+
+def report_lines(report: dict) -> tuple[Lines, Lines, Lines]:
+    """The PDF report's input, model and settings lines (label, text), from the values the JSON records."""
+    source, brain, modality = report["input"], report["brain"], report["modality"]
+    params, options, ckpt = report["parameters"], report["parameters"]["map_options"], report["checkpoint"]
+    size = " × ".join(f"{mm:.2f} ({axis})" for mm, axis in zip(source["voxel_mm"], ("R-L", "A-P", "I-S")))
+    inputs = [("DICOM folder" if source["kind"] == "dicom" else "File", source["path"])]
+    if source["series"] is not None:
+        inputs.append(("Series", source["series"]["label"]))
+    grid = " × ".join(map(str, source["shape"])) + f" voxels ({source['axcodes']}), voxel size {size} mm"
+    inputs += [("Grid", grid),
+               ("Brain", f"{brain['verdict']}; extraction: {brain['extraction']}"
+                         + (f", {brain['brain_ml']:.0f} mL" if brain["brain_ml"] is not None else "")),
+               ("Modality", f"{modality['input'] or 'not known'} ({modality['source']})")]
+    inputs += [("Warning", warning) for warning in (brain["warning"], modality["warning"]) if warning]
+    model = [("Checkpoint", Path(ckpt["path"]).name), ("SHA-256", ckpt["sha256"][:16] + "…"),
+             ("Training step", str(ckpt["step"])), ("Modality", modality["model"] or "not recorded")]
+    steps = ", ".join(map(str, params["timesteps"]))
+    hygiene = ", ".join(text.format(options[key]) for key, text in HYGIENE_LINES if options[key])
+    settings = [("Timesteps" if params["consensus"] else "Timestep",
+                 f"{steps} (consensus: ≥ {params['votes']} agree)" if params["consensus"] else steps),
+                ("Threshold", f"{params['threshold']:g} (from {params['settings_from']})"),
+                ("Noise draws", f"{params['draws']} a slice, seed {params['seed']}"),
+                ("Post-processing", "3 × 3 dilation, largest region of each slice kept" if params["postprocess"]
+                 else "off"),
+                ("Map hygiene", hygiene or "off (the paper's maps)"),
+                ("3-D persistence", f"regions spanning ≥ {options['persist']} slices" if options["persist"]
+                 else "off"),
+                ("Minimum lesion size", f"{params['min_lesion_ml']:g} mL" if params["min_lesion_ml"]
+                 else "0 mL (every region listed)"),
+                ("Device", f"{params['device']}, {params['precision']}"
+                           + (", compiled" if params["compiled"] else ""))]
+    return inputs, model, settings
+
+
+def write_pdf_report(path: Path, report: dict, scan: Scan, mask: np.ndarray, error: np.ndarray,
+                     lesions: list[Lesion]) -> Path:
+    """The PDF report of one input (sss_viewer.gui.report, which loads Qt: only when asked for); returns path."""
+    from sss_viewer.gui.report import ReportContent, write_report
+    inputs, model, settings = report_lines(report)
+    write_report(path, ReportContent(title=Path(report["input"]["path"]).name, input_lines=inputs, model_lines=model,
+                                     settings_lines=settings, volume=scan.original, heat=error, mask=mask,
+                                     lesions=lesions, window=None, created=datetime.now().astimezone()))
+    return path
+
+
 @dataclass(frozen=True)
 class Settings:
     """What one input runs at: the command line's values, else the checkpoint's recommended ones."""
     timesteps: tuple[int, ...]
     threshold: float
     source: str                 # where the values that were not given on the command line came from
+    options: MapOptions         # map hygiene: the command line's, else the checkpoint's
+    options_from: str           # "command line" or "checkpoint"
 
     @classmethod
-    def of(cls, args: argparse.Namespace, ckpt: LoadedCheckpoint) -> Settings:
-        given = args.consensus is not None or args.timestep is not None, args.threshold is not None
-        timesteps = args.consensus or (args.timestep if given[0] else ckpt.recommended.timestep,)
-        threshold = args.threshold if given[1] else ckpt.recommended.threshold
-        return cls(timesteps, threshold, "command line" if all(given) else ckpt.recommended.source)
+    def of(cls, args: argparse.Namespace, ckpt: LoadedCheckpoint, options: MapOptions | None) -> Settings:
+        """options: those given on the command line (None: none given, the checkpoint's apply)."""
+        rec = ckpt.recommended
+        given = args.consensus is not None or args.timestep is not None, args.threshold is not None, options is not None
+        timesteps = args.consensus or (args.timestep if given[0] else rec.timestep,)
+        threshold = args.threshold if given[1] else rec.threshold
+        return cls(timesteps, threshold, "command line" if all(given[:2]) else rec.source,
+                   options if given[2] else rec.map_options, "command line" if given[2] else "checkpoint")
 
 
 def process(path: Path, outs: Outputs, detector: Detector, ckpt: LoadedCheckpoint, args: argparse.Namespace,
-            settings: Settings, pp: PostProcess, options: MapOptions = MapOptions()) -> dict:
+            settings: Settings, pp: PostProcess) -> dict:
     """Detect on one volume and write its files (and its brain mask when extracted); on any failure none of them is
     left behind."""
     t_start = time.perf_counter()
@@ -211,13 +250,13 @@ def process(path: Path, outs: Outputs, detector: Detector, ckpt: LoadedCheckpoin
     t_prepared = time.perf_counter()
     first, last = model_volume.slice_range
     timesteps = settings.timesteps
-    with tqdm(total=(last - first + 1) * len(timesteps), desc=output_stem(path), unit="slice", file=sys.stderr,
+    with tqdm(total=(last - first + 1) * len(timesteps), desc=file_stem(path), unit="slice", file=sys.stderr,
               disable=None, leave=False) as bar:
         def progress(done: int, total: int) -> bool:
             bar.update(done - bar.n)
             return True
         result = detect_volume(detector, model_volume, timesteps, settings.threshold, pp, votes=args.votes,
-                               seed=args.seed, progress=progress, options=options)
+                               seed=args.seed, progress=progress, options=settings.options)
     where = detector.volume_device
     mask = model_volume.to_canonical(result.mask, "nearest", result.first_slice, device=where)    # (X, Y, Z) bool
     error = model_volume.to_canonical(result.error, "linear", result.first_slice, device=where)   # (X, Y, Z) float32
@@ -242,7 +281,8 @@ def process(path: Path, outs: Outputs, detector: Detector, ckpt: LoadedCheckpoin
             "parameters": {"timesteps": list(timesteps), "consensus": len(timesteps) > 1,
                            "votes": (args.votes or len(timesteps) // 2 + 1) if len(timesteps) > 1 else None,
                            "threshold": settings.threshold, "settings_from": settings.source,
-                           "postprocess": pp.enabled, "map_options": options.to_json(),
+                           "postprocess": pp.enabled, "map_options": settings.options.to_json(),
+                           "map_options_from": settings.options_from,
                            "min_lesion_ml": args.min_lesion_ml, "seed": args.seed, "draws": detector.draws,
                            "batch_size": detector.batch_size, "device": str(detector.device),
                            "precision": detector.precision, "compiled": detector.compiled},
@@ -259,6 +299,11 @@ def process(path: Path, outs: Outputs, detector: Detector, ckpt: LoadedCheckpoin
             "lesions": [lesion.to_json() for lesion in lesions],
             "versions": versions(),
         }
+        if args.report:
+            written.append(write_pdf_report(outs.pdf, report, scan, mask, error, lesions))
+            report["outputs"]["report"] = outs.pdf.name
+            report["timings_s"]["report"] = time.perf_counter() - t_written
+            report["timings_s"]["total"] = time.perf_counter() - t_start
         atomic_write_text(outs.report, json.dumps(report, indent=2) + "\n")
         written.append(outs.report)
     except BaseException:
@@ -285,10 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.exists() and not args.out.is_dir():
         return fail(f"--out {args.out} is a file; give a folder")
     try:
-        options = MapOptions(lowpass=args.lowpass, median=args.median, erode=args.erode, min_area=args.min_area,
-                             persist=args.persist)
+        options = given_map_options(args)
     except ValueError as err:
-        return fail(f"{err} (--lowpass, --median, --erode, --min-area, --persist)")
+        return fail(err)
     if args.brain_mask is not None and len(args.volumes) > 1:
         return fail("--brain-mask belongs to one scan; run the inputs one at a time")
     inputs = [Path(v) for v in args.volumes]
@@ -304,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             loaded[path] = load_detector(path, args.device, args.batch_size, compile=args.compile,
                                          precision=args.precision, draws=args.draws)
         ckpt, detector = loaded[path]
-        settings = Settings.of(args, ckpt)
+        settings = Settings.of(args, ckpt, options)
         bad_t = [t for t in settings.timesteps if not 0 <= t < ckpt.preset.diffusion.timesteps]
         if bad_t:
             raise ValueError(f"timestep(s) {bad_t} outside [0, {ckpt.preset.diffusion.timesteps}); "
@@ -327,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         try:
             ckpt, detector, settings = detector_for(path)
-            report = process(path, outs, detector, ckpt, args, settings, pp, options)
+            report = process(path, outs, detector, ckpt, args, settings, pp)
         except ValueError as err:  # VolumeError (the message names the file), CheckpointError
             status = fail(err)
             continue
@@ -340,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         n_regions = len(report["lesions"])
         print(f"{path}: {report['mask_voxels']} voxels flagged ({report['lesion_volume_ml']:.2f} mL), {n_regions} "
               f"region{'' if n_regions == 1 else 's'} -> "
-              f"{outs.mask.name}, {outs.error.name}, {outs.report.name}")
+              f"{', '.join(report['outputs'].values())}, {outs.report.name}")
     return status
 
 

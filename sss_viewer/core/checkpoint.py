@@ -15,6 +15,7 @@ from . import resources
 from .anomaly import DEFAULT_THRESHOLD, DEFAULT_TIMESTEP, Detector
 from .config import DiffusionConfig, ModelConfig, NoiseConfig, Preset, PreprocessConfig, config_from_dict, config_to_dict
 from .files import atomic_write
+from .hygiene import MAP_OPTION_FIELDS, MapOptions
 from .unet import UNet
 
 FORMAT = "sss-viewer-checkpoint"
@@ -32,6 +33,7 @@ class Recommended:
     threshold: float = DEFAULT_THRESHOLD  # squared-error threshold of the mask
     source: str = "paper defaults"        # how they were chosen: data, false-alarm budget, command
     draws: int = 1                        # noise draws averaged per slice (Detector.draws); 1: the paper's
+    map_options: MapOptions = MapOptions()  # heat-map and mask hygiene the threshold was calibrated with; off: paper
 
     @classmethod
     def from_payload(cls, data: Any) -> Recommended:
@@ -39,13 +41,17 @@ class Recommended:
         if data is None:
             return cls()
         try:
+            options = data.get("map_options") or {}
             return cls(timestep=int(data["timestep"]), threshold=float(data["threshold"]), source=str(data["source"]),
-                       draws=int(data.get("draws", 1)))
-        except (KeyError, TypeError, ValueError) as err:
+                       draws=int(data.get("draws", 1)),
+                       map_options=MapOptions(**{k: options[k] for k in MAP_OPTION_FIELDS if k in options}))
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise CheckpointError(f"the checkpoint's recommended settings are damaged ({err})") from err
 
     def to_payload(self) -> dict[str, Any]:
-        return {"timestep": self.timestep, "threshold": self.threshold, "source": self.source, "draws": self.draws}
+        options = {k: getattr(self.map_options, k) for k in MAP_OPTION_FIELDS}
+        return {"timestep": self.timestep, "threshold": self.threshold, "source": self.source, "draws": self.draws,
+                "map_options": options}
 
 
 @dataclass

@@ -78,6 +78,9 @@ def with_min_area(pp: PostProcess, min_area: int) -> PostProcess:
     return replace(pp, enabled=True, dilate=False, keep_largest=0, min_area=min_area)
 
 
+MAP_OPTION_FIELDS = ("lowpass", "median", "erode", "min_area", "persist")
+
+
 @dataclass(frozen=True)
 class MapOptions:
     """How a heat map and its mask are cleaned beyond the paper; every default is off (the paper's maps exactly).
@@ -131,8 +134,7 @@ class MapOptions:
         return self.lowpass, self.median, self.erode
 
     def to_json(self) -> dict:
-        return {"lowpass": self.lowpass, "median": self.median, "erode": self.erode, "min_area": self.min_area,
-                "persist": self.persist, "name": self.name}
+        return {**{k: getattr(self, k) for k in MAP_OPTION_FIELDS}, "name": self.name}
 
     def clean_map(self, error: np.ndarray, brain: np.ndarray | None, x0: np.ndarray | None = None,
                   x0_hat: np.ndarray | None = None) -> np.ndarray:

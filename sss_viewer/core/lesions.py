@@ -6,17 +6,22 @@ canonical (X, Y, Z) mask. Each region's centre is the plain (unweighted) mean of
 ``centre_voxel`` is the canonical voxel nearest to it (halves rounded up along each RAS+ axis), given in
 the input's own array layout by the exact orientation transform (permutation and flips, no resampling),
 so it addresses the same voxel in the input file whatever its orientation (LPS, LIA, ...). The centre of a
-curved region can lie outside it.
+curved region can lie outside it. lesions_csv and write_lesions_csv give the list as a CSV table.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
+from .files import atomic_write_text
 from .volume import Volume
 
 CONNECTIVITY = np.ones((3, 3, 3), bool)  # 26-connectivity: faces, edges and corners
@@ -32,13 +37,16 @@ class Lesion:
     centre_ras_mm: tuple[float, float, float]    # centroid in scanner (world RAS) millimetres
     centre_voxel: tuple[int, int, int]           # the centroid's nearest voxel, index in the input's native layout
     slices: tuple[int, int]                      # first and last canonical axial slice (inferior → superior)
+    centre_canonical: tuple[int, int, int]       # the same nearest voxel, canonical (X, Y, Z) index
+    peak_slice: int                              # the canonical axial slice holding most of its voxels
     peak_heat: float                             # max squared error inside the region
     mean_heat: float                             # mean squared error inside the region
 
     def to_json(self) -> dict:
         return {"label": self.label, "voxels": self.voxels, "volume_ml": self.volume_ml,
                 "centre_ras_mm": list(self.centre_ras_mm), "centre_voxel": list(self.centre_voxel),
-                "slices": list(self.slices), "peak_heat": self.peak_heat, "mean_heat": self.mean_heat}
+                "slices": list(self.slices), "peak_slice": self.peak_slice, "peak_heat": self.peak_heat,
+                "mean_heat": self.mean_heat}
 
 
 def canonical_to_native_index(index: tuple[int, int, int], volume: Volume) -> tuple[int, int, int]:
@@ -79,6 +87,7 @@ def lesion_list(mask: np.ndarray, error: np.ndarray, volume: Volume, min_ml: flo
     peaks = np.maximum.reduceat(heat[order], starts)                              # (n,)
     means = np.bincount(region, heat, n) / counts                                 # (n,)
     boxes = ndimage.find_objects(labels)
+    per_slice = np.bincount(region * shape[2] + inside[2], minlength=n * shape[2]).reshape(n, shape[2])  # (n, Z)
     world = (volume.canonical_affine @ np.c_[centres, np.ones(n)].T)[:3].T       # (n, 3) mm
     nearest = np.clip(np.floor(centres + 0.5).astype(int), 0, np.asarray(shape) - 1)  # (n, 3) canonical
 
@@ -93,5 +102,32 @@ def lesion_list(mask: np.ndarray, error: np.ndarray, volume: Volume, min_ml: flo
                               centre_ras_mm=tuple(float(v) for v in world[i]),
                               centre_voxel=canonical_to_native_index(tuple(nearest[i]), volume),
                               slices=(int(z.start), int(z.stop) - 1),
+                              centre_canonical=tuple(int(v) for v in nearest[i]),
+                              peak_slice=int(per_slice[i].argmax()),
                               peak_heat=float(peaks[i]), mean_heat=float(means[i])))
     return lesions
+
+
+CSV_COLUMNS = ("label", "voxels", "volume_ml", "centre_r_mm", "centre_a_mm", "centre_s_mm", "voxel_i", "voxel_j",
+               "voxel_k", "first_slice", "last_slice", "peak_slice", "peak_heat", "mean_heat")
+CSV_ML = "{:.6g}"       # mL: six significant digits stay exact for voxels of 0.1 mm and more
+CSV_MM = "{:.2f}"       # world millimetres
+CSV_HEAT = "{:.5g}"     # squared error
+
+
+def lesions_csv(lesions: list[Lesion]) -> str:
+    """The lesions as a CSV table (header + one row each, in list order); voxel_i/j/k index the input file's
+    own array (``centre_voxel``), slices are canonical axial slices (0 = most inferior)."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(CSV_COLUMNS)
+    for l in lesions:
+        writer.writerow([l.label, l.voxels, CSV_ML.format(l.volume_ml), *(CSV_MM.format(v) for v in l.centre_ras_mm),
+                         *l.centre_voxel, *l.slices, l.peak_slice, CSV_HEAT.format(l.peak_heat),
+                         CSV_HEAT.format(l.mean_heat)])
+    return out.getvalue()
+
+
+def write_lesions_csv(path: str | os.PathLike, lesions: list[Lesion]) -> Path:
+    """Write lesions_csv(lesions) to path atomically (never a half-written file); OSError when it cannot."""
+    return atomic_write_text(path, lesions_csv(lesions))

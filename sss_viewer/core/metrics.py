@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy.stats import rankdata
 
@@ -15,28 +17,58 @@ def _counts(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int, int]:
     return tp, int(np.count_nonzero(p)) - tp, int(np.count_nonzero(g)) - tp
 
 
+@dataclass(frozen=True)
+class Overlap:
+    """A mask's overlap with a reference: voxel counts and the scores made of them (e.g. per slice or volume)."""
+
+    tp: int     # flagged and in the reference
+    fp: int     # flagged, not in the reference
+    fn: int     # in the reference, not flagged
+
+    @property
+    def dice(self) -> float:
+        """2 TP / (2 TP + FP + FN); 1.0 when both are empty."""
+        return 1.0 if self.tp + self.fp + self.fn == 0 else 2 * self.tp / (2 * self.tp + self.fp + self.fn)
+
+    @property
+    def iou(self) -> float:
+        """TP / (TP + FP + FN); 1.0 when both are empty."""
+        return 1.0 if self.tp + self.fp + self.fn == 0 else self.tp / (self.tp + self.fp + self.fn)
+
+    @property
+    def precision(self) -> float:
+        """TP / (TP + FP): the share of flagged pixels that are anomalous; 1.0 when nothing is flagged."""
+        return 1.0 if self.tp + self.fp == 0 else self.tp / (self.tp + self.fp)
+
+    @property
+    def recall(self) -> float:
+        """TP / (TP + FN): the share of anomalous pixels that are flagged; 1.0 when there are none."""
+        return 1.0 if self.tp + self.fn == 0 else self.tp / (self.tp + self.fn)
+
+
+def overlap(pred: np.ndarray, truth: np.ndarray) -> Overlap:
+    """The overlap of two binary arrays of one shape (ValueError naming both shapes otherwise)."""
+    return Overlap(*_counts(pred, truth))
+
+
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     """2 TP / (2 TP + FP + FN); 1.0 when both are empty."""
-    tp, fp, fn = _counts(pred, truth)
-    return 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+    return overlap(pred, truth).dice
 
 
 def iou(pred: np.ndarray, truth: np.ndarray) -> float:
     """TP / (TP + FP + FN); 1.0 when both are empty."""
-    tp, fp, fn = _counts(pred, truth)
-    return 1.0 if tp + fp + fn == 0 else tp / (tp + fp + fn)
+    return overlap(pred, truth).iou
 
 
 def precision(pred: np.ndarray, truth: np.ndarray) -> float:
     """TP / (TP + FP): the share of flagged pixels that are anomalous; 1.0 when nothing is flagged."""
-    tp, fp, _ = _counts(pred, truth)
-    return 1.0 if tp + fp == 0 else tp / (tp + fp)
+    return overlap(pred, truth).precision
 
 
 def recall(pred: np.ndarray, truth: np.ndarray) -> float:
     """TP / (TP + FN): the share of anomalous pixels that are flagged; 1.0 when there are none."""
-    tp, _, fn = _counts(pred, truth)
-    return 1.0 if tp + fn == 0 else tp / (tp + fn)
+    return overlap(pred, truth).recall
 
 
 def roc_auc(score: np.ndarray, truth: np.ndarray) -> float:

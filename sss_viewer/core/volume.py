@@ -52,6 +52,15 @@ _READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, zlib.error, 
 _RAS = axcodes2ornt(("R", "A", "S"))
 
 
+def file_stem(path: str | os.PathLike) -> str:
+    """A file's name without .nii / .nii.gz (any case), else without its last suffix: the stem of output names."""
+    name = Path(path).name
+    for suffix in sorted(NIFTI_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[:-len(suffix)]
+    return Path(path).stem
+
+
 class VolumeError(ValueError):
     """A volume that cannot be read, analysed or written; the message says what to do."""
 

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
-                               QProgressBar, QPushButton, QScrollArea, QSlider, QSpinBox, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout,
+                               QLabel, QProgressBar, QPushButton, QScrollArea, QSlider, QSpinBox, QVBoxLayout, QWidget)
 
 from ..core.anomaly import CONSENSUS_TIMESTEPS, DEFAULT_THRESHOLD
 from . import texts
 from .panels import MarkedSlider
-from .settings import DRAWS_MAX, PERSIST_MAX, SEED_MAX, THRESHOLD_RANGE, TIMESTEP_RANGE
+from .settings import (DRAWS_MAX, ERODE_MAX, LOWPASS_MAX, MIN_AREA_MAX, PERSIST_MAX, SEED_MAX, THRESHOLD_RANGE,
+                       TIMESTEP_RANGE)
 from .state import ViewState
 from .worker import ModelInfo
 
 PAPER_BAND = (250, 400)     # the timesteps the paper found best, marked on the slider
 THRESHOLD_STEPS = 200       # threshold slider positions over THRESHOLD_RANGE
+LOWPASS_STEP = 0.5          # low-pass sigma box step (model pixels)
+MIN_AREA_STEP = 5           # min region box step (pixels)
 
 
 def _row(*widgets: QWidget) -> QWidget:
@@ -35,6 +38,7 @@ class ControlPanel(QScrollArea):
     auto_window = Signal()
     export_nifti = Signal()
     export_png = Signal()
+    export_report = Signal()
 
     def __init__(self, state: ViewState, devices: list[str]):
         super().__init__()
@@ -52,8 +56,8 @@ class ControlPanel(QScrollArea):
         self.setWidget(body)
         self.setMinimumWidth(body.sizeHint().width() + self.verticalScrollBar().sizeHint().width() + 4)
         state.changed.connect(self.sync)
-        for name in ("timestep", "threshold", "postprocess", "consensus", "votes", "seed", "draws", "persist", "device",
-                     "mask_style", "mask_opacity", "window"):
+        for name in ("timestep", "threshold", "postprocess", "consensus", "votes", "seed", "draws", "persist",
+                     "lowpass", "median", "erode", "min_area", "device", "mask_style", "mask_opacity", "window"):
             self.sync(name)
 
     # Building
@@ -130,7 +134,49 @@ class ControlPanel(QScrollArea):
         form.addRow(texts.SEED_LABEL, self.seed_spin)
         form.addRow(texts.DRAWS_LABEL, self.draws_spin)
         form.addRow(texts.PERSIST_LABEL, self.persist_spin)
+        form.addRow(self._hygiene_grid())
         return group
+
+    def _hygiene_grid(self) -> QWidget:
+        """Map hygiene (core.hygiene.MapOptions), two compact rows: low-pass and median, rim erosion and min region."""
+        self.lowpass_spin = QDoubleSpinBox()
+        self.lowpass_spin.setRange(0.0, LOWPASS_MAX)
+        self.lowpass_spin.setDecimals(1)
+        self.lowpass_spin.setSingleStep(LOWPASS_STEP)
+        self.lowpass_spin.valueChanged.connect(lambda v: self.state.set(lowpass=round(float(v), 1)))
+        self.median_combo = QComboBox()
+        for n in texts.MEDIAN_CHOICES:
+            self.median_combo.addItem(texts.MEDIAN_ITEM.format(n=n) if n else texts.MEDIAN_OFF, n)
+        self.median_combo.currentIndexChanged.connect(
+            lambda i: self.state.set(median=int(self.median_combo.itemData(i))))
+        self.erode_spin = QSpinBox()
+        self.erode_spin.setRange(0, ERODE_MAX)
+        self.erode_spin.valueChanged.connect(lambda v: self.state.set(erode=int(v)))
+        self.min_area_spin = QSpinBox()
+        self.min_area_spin.setRange(0, MIN_AREA_MAX)
+        self.min_area_spin.setSingleStep(MIN_AREA_STEP)
+        self.min_area_spin.valueChanged.connect(lambda v: self.state.set(min_area=int(v)))
+        for spin in (self.lowpass_spin, self.erode_spin, self.min_area_spin):
+            spin.setSpecialValueText(texts.HYGIENE_OFF)
+            spin.setSuffix(texts.HYGIENE_PX)
+        box = QWidget()
+        grid = QGridLayout(box)
+        grid.setContentsMargins(0, 0, 0, 0)
+        cells = ((texts.LOWPASS_LABEL, self.lowpass_spin, texts.LOWPASS_TOOLTIP),
+                 (texts.MEDIAN_LABEL, self.median_combo, texts.MEDIAN_TOOLTIP),
+                 (texts.ERODE_LABEL, self.erode_spin, texts.ERODE_TOOLTIP),
+                 (texts.MIN_AREA_LABEL, self.min_area_spin, texts.MIN_AREA_TOOLTIP))
+        for i, (text, widget, tip) in enumerate(cells):
+            label = QLabel(text)
+            label.setBuddy(widget)
+            for w in (label, widget):
+                w.setToolTip(tip)
+            grid.addWidget(label, i // 2, 2 * (i % 2))
+            grid.addWidget(widget, i // 2, 2 * (i % 2) + 1)
+        grid.setColumnStretch(1, 1)
+        grid.setColumnStretch(3, 1)
+        self.hygiene_box = box
+        return box
 
     def _display_group(self) -> QGroupBox:
         group = QGroupBox(texts.GROUP_DISPLAY)
@@ -183,8 +229,12 @@ class ControlPanel(QScrollArea):
         nifti.clicked.connect(self.export_nifti)
         png = QPushButton(texts.BUTTON_EXPORT_PNG)
         png.clicked.connect(self.export_png)
+        report = QPushButton(texts.BUTTON_EXPORT_REPORT)
+        report.setToolTip(texts.EXPORT_REPORT_TOOLTIP)
+        report.clicked.connect(self.export_report)
         layout = QVBoxLayout(group)
         layout.addWidget(_row(nifti, png))
+        layout.addWidget(report)
         self.export_group = group
         return group
 
@@ -227,7 +277,23 @@ class ControlPanel(QScrollArea):
         elif name == "draws":
             self._set(self.draws_spin, s.draws)
         elif name == "persist":
+            self.persist_spin.setMaximum(max(PERSIST_MAX, s.persist))        # a checkpoint's may lie beyond the box
             self._set(self.persist_spin, s.persist)
+        elif name == "lowpass":
+            self.lowpass_spin.setMaximum(max(LOWPASS_MAX, s.lowpass))
+            self._set(self.lowpass_spin, s.lowpass)
+        elif name == "median":
+            if self.median_combo.findData(s.median) < 0:
+                self.median_combo.addItem(texts.MEDIAN_ITEM.format(n=s.median), s.median)
+            self.median_combo.blockSignals(True)
+            self.median_combo.setCurrentIndex(self.median_combo.findData(s.median))
+            self.median_combo.blockSignals(False)
+        elif name == "erode":
+            self.erode_spin.setMaximum(max(ERODE_MAX, s.erode))
+            self._set(self.erode_spin, s.erode)
+        elif name == "min_area":
+            self.min_area_spin.setMaximum(max(MIN_AREA_MAX, s.min_area))
+            self._set(self.min_area_spin, s.min_area)
         elif name == "device":
             self.device_combo.blockSignals(True)
             self.device_combo.setCurrentIndex(max(0, self.device_combo.findData(s.device)))
@@ -263,7 +329,8 @@ class ControlPanel(QScrollArea):
             self.model_label.setText(texts.MODEL_INFO.format(name=model.name, preset=model.preset,
                                                              size=model.image_size, step=model.step,
                                                              timestep=rec.timestep, threshold=rec.threshold)
-                                     + (texts.MODEL_DRAWS.format(draws=rec.draws) if rec.draws > 1 else ""))
+                                     + (texts.MODEL_DRAWS.format(draws=rec.draws) if rec.draws > 1 else "")
+                                     + rec.map_options.label)
             self.model_label.setToolTip(texts.MODEL_TOOLTIP.format(path=model.path, source=rec.source))
             self.threshold_slider.set_marks(self._position_of(DEFAULT_THRESHOLD), self._position_of(rec.threshold))
         self.device_label.setText(texts.DEVICE_ACTIVE.format(device=model.device, precision=model.precision)

@@ -1,7 +1,8 @@
-"""Maps a point of a model-space slice to the input file's own voxel indices (the status line's coordinates)."""
+"""Maps between model-space points (slice, row, column) and the input's voxels: the status line, lesion jumps."""
 
 from __future__ import annotations
 
+from ..core.lesions import canonical_to_native_index
 from ..core.volume import ModelVolume, Volume
 
 
@@ -19,14 +20,16 @@ def model_to_canonical(mv: ModelVolume, z: int, u: float, v: float) -> tuple[int
     return int(round(x)), int(round(y)), int(z)
 
 
-def canonical_to_native(volume: Volume, index: tuple[int, int, int]) -> tuple[int, int, int]:
-    """Canonical RAS+ voxel index → the same voxel's index in the input file's array (Volume.ornt inverted)."""
-    shape = volume.native_shape
-    native = []
-    for axis, (to_axis, flip) in enumerate(volume.ornt):
-        i = index[int(to_axis)]
-        native.append(i if flip > 0 else shape[axis] - 1 - i)
-    return tuple(native)
+def canonical_to_model(mv: ModelVolume, x: float, y: float, z: int) -> tuple[int, int, int]:
+    """Canonical voxel (x, y, z) → the model pixel holding its centre, (z, row v, column u), clamped to the square
+    (model_to_canonical inverted: u = S/2 + (cx - x) · sx / p, v = S/2 + (cy - y) · sy / p)."""
+    h = mv.image_size / 2
+    sx, sy, _ = mv.spacing
+    cx, cy = mv.centre
+    u = h + (cx - x) * sx / mv.pixel_mm
+    v = h + (cy - y) * sy / mv.pixel_mm
+    last = mv.image_size - 1
+    return int(z), min(max(int(v), 0), last), min(max(int(u), 0), last)
 
 
 def voxel_at(volume: Volume, mv: ModelVolume, z: int, u: float, v: float) -> tuple[tuple[int, int, int], float] | None:
@@ -35,4 +38,4 @@ def voxel_at(volume: Volume, mv: ModelVolume, z: int, u: float, v: float) -> tup
     X, Y, Z = volume.data.shape
     if not (0 <= x < X and 0 <= y < Y and 0 <= k < Z):
         return None
-    return canonical_to_native(volume, (x, y, k)), float(volume.data[x, y, k])
+    return canonical_to_native_index((x, y, k), volume), float(volume.data[x, y, k])

@@ -3,33 +3,37 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PySide6.QtCore import QByteArray, QRect, Qt, QTimer, Signal, Slot
-from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtGui import QAction, QActionGroup, QKeySequence
 from PySide6.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QMainWindow, QMessageBox, QSpinBox, QStackedWidget,
                                QVBoxLayout, QWidget)
 
 from .. import __version__
 from ..core.anomaly import CONSENSUS_TIMESTEPS
+from ..core.hygiene import MapOptions
 from ..core.resources import default_checkpoint
-from ..core.volume import NIFTI_SUFFIXES, VolumeError, write_nifti
+from ..core.volume import NIFTI_SUFFIXES, VolumeError, file_stem, write_nifti
 from . import texts
 from .controls import ControlPanel
 from .coords import voxel_at
 from .input_options import BrainMenu, ask_series, input_summary
 from .panels import ImagePanels, MarkedSlider, ScorePlot
-from .results import SliceView, volume_mask
-from .settings import Settings
+from .reading import ReadingRoom
+from .results import SliceView, VolumeMaps, volume_maps
+from .settings import VALID, Settings
 from .state import ViewState
 from .worker import Session, SliceRequest, VolumeRun, WorkerThread, cuda_available
 
 AUTO_WINDOW_PERCENTILES = (0.5, 99.5)   # of the brain's model-space intensities, for the grey window
 SCREENSHOT_SIZE = (1500, 980)
 PAGE_STEP = 10                          # slices per PageUp / PageDown
-RESTORED = ("timestep", "threshold", "postprocess", "consensus", "votes", "seed", "draws", "persist", "device",
-            "mask_style", "mask_opacity")
+HYGIENE = ("lowpass", "median", "erode", "min_area")   # state fields of the slice's map options (MapOptions)
+RESTORED = ("timestep", "threshold", "postprocess", "consensus", "votes", "seed", "draws", "persist") + HYGIENE + (
+    "device", "mask_style", "mask_opacity", "layout")
 
 
 def _ranges(indices: list[int]) -> str:
@@ -42,11 +46,6 @@ def _ranges(indices: list[int]) -> str:
             parts.append(str(start) if start == z else f"{start}–{z}")
             start = None
     return ", ".join(parts)
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    return next((name[:-len(s)] for s in NIFTI_SUFFIXES[::-1] if name.lower().endswith(s)), path.stem)
 
 
 class MainWindow(QMainWindow):
@@ -75,7 +74,7 @@ class MainWindow(QMainWindow):
         self._scores: dict[tuple, np.ndarray] = {}
         self._run: VolumeRun | None = None
         self._run_id = 0
-        self._export_after_run: Path | None = None
+        self._after_run: Callable[[], object] | None = None   # an export waiting for the whole-volume run
         self._initial_slice: int | None = None
         self._user_checkpoint: Path | None = None   # a checkpoint the user chose: the default once it loads
         self._auto_checkpoint = False               # the checkpoint follows the volume (resources.default_checkpoint)
@@ -84,7 +83,7 @@ class MainWindow(QMainWindow):
         self._settings_from: Path | None = None     # the checkpoint whose recommended settings were applied
         self._checkpoint_note: str | None = None    # why no checkpoint was loaded at start
         self._error_box: QMessageBox | None = None
-        self._volume_mask: tuple = (None, None)     # (settings key, 3-D persistent whole-volume mask)
+        self._volume_maps: tuple = (None, None)     # (settings key, VolumeMaps of the whole volume)
 
         self.threads = WorkerThread()
         self.worker = self.threads.worker  # its signals reach the slots below queued, on this (GUI) thread
@@ -109,9 +108,13 @@ class MainWindow(QMainWindow):
     def _build(self) -> None:
         self.panels = ImagePanels()
         self.panels.wheel_steps.connect(lambda n: self.step_slice(n))
-        self.panels.level_drag.connect(self._on_level_drag)
-        self.panels.hovered.connect(self._on_hover)
-        self.panels.left.connect(lambda: self._update_cursor_label(None))
+        self.panels.level_drag.connect(self.on_level_drag)
+        self.panels.hovered.connect(lambda u, v: self.show_cursor(self.state.slice, u, v))
+        self.panels.left.connect(lambda: self.show_cursor(None))
+        self.reading = ReadingRoom(self)
+        self.views = QStackedWidget()                # the layouts: four axial panels, three planes
+        self.views.addWidget(self.panels)
+        self.views.addWidget(self.reading.planes)
         self.score_plot = ScorePlot()
         self.score_plot.slice_clicked.connect(lambda z: self.state.set(slice=z))
         self.slice_slider = MarkedSlider()
@@ -123,7 +126,8 @@ class MainWindow(QMainWindow):
         self.slice_spin.valueChanged.connect(lambda z: self.state.set(slice=int(z)))
         self.slice_of = QLabel("")
         self.range_label = QLabel("")
-        for view in [p.canvas for p in self.panels.panels] + [self.score_plot]:
+        planes = [v.canvas for v in self.reading.planes.views.values()]
+        for view in [p.canvas for p in self.panels.panels] + planes + [self.score_plot]:
             view.setAcceptDrops(False)   # drops go to the window, which opens them
 
         slice_row = QHBoxLayout()
@@ -143,8 +147,9 @@ class MainWindow(QMainWindow):
         self.input_label.setWordWrap(True)
         self.input_label.setStyleSheet("color: #555")
         column.addWidget(self.notice)
-        column.addWidget(self.panels, 1)
+        column.addWidget(self.views, 1)
         column.addWidget(self.input_label)
+        column.addWidget(self.reading.overlap_label)
         column.addWidget(self.score_plot)
         column.addLayout(slice_row)
 
@@ -164,6 +169,7 @@ class MainWindow(QMainWindow):
         self.controls.auto_window.connect(self.auto_window)
         self.controls.export_nifti.connect(self._export_nifti_dialog)
         self.controls.export_png.connect(self._export_png_dialog)
+        self.controls.export_report.connect(self._export_report_dialog)
 
         central = QWidget()
         row = QHBoxLayout(central)
@@ -174,6 +180,7 @@ class MainWindow(QMainWindow):
         self.statusBar().addPermanentWidget(self.cursor_label)
         self._build_menus()
         self._sync_mask_style()
+        self._show_layout()
         self._update_titles()
         self.controls.show_available(False, False)
 
@@ -188,12 +195,29 @@ class MainWindow(QMainWindow):
         self._fill_recent_menu()
         self._add_action(file_menu, texts.ACTION_OPEN_CHECKPOINT, self._open_checkpoint_dialog)
         file_menu.addSeparator()
+        self._add_action(file_menu, texts.ACTION_LOAD_REFERENCE, self._load_reference_dialog, "Ctrl+Shift+R")
+        self.clear_reference_action = self._add_action(file_menu, texts.ACTION_CLEAR_REFERENCE,
+                                                       self.reading.clear_reference)
+        self.clear_reference_action.setEnabled(False)
+        self.reading.reference_changed.connect(self._on_reference_changed)
+        file_menu.addSeparator()
         self._add_action(file_menu, texts.ACTION_EXPORT_NIFTI, self._export_nifti_dialog, "Ctrl+E")
+        self._add_action(file_menu, texts.ACTION_EXPORT_REPORT, self._export_report_dialog, "Ctrl+R")
         self._add_action(file_menu, texts.ACTION_EXPORT_PNG, self._export_png_dialog, "Ctrl+Shift+S")
         file_menu.addSeparator()
         self._add_action(file_menu, texts.ACTION_QUIT, self.close, QKeySequence.StandardKey.Quit)
         view_menu = self.menuBar().addMenu(texts.MENU_VIEW)
-        self._add_action(view_menu, texts.ACTION_RESET_VIEW, self.panels.reset_view, "Ctrl+0")
+        layouts = QActionGroup(self)
+        self.layout_actions = {}
+        for name, text, shortcut in (("panels", texts.ACTION_LAYOUT_PANELS, "Ctrl+1"),
+                                     ("planes", texts.ACTION_LAYOUT_PLANES, "Ctrl+2")):
+            action = self._add_action(view_menu, text, lambda checked=False, n=name: self.state.set(layout=n),
+                                      shortcut)
+            action.setCheckable(True)
+            layouts.addAction(action)
+            self.layout_actions[name] = action
+        view_menu.addSeparator()
+        self._add_action(view_menu, texts.ACTION_RESET_VIEW, self._reset_view, "Ctrl+0")
         help_menu = self.menuBar().addMenu(texts.MENU_HELP)
         self._add_action(help_menu, texts.ACTION_MOUSE_HELP,
                          lambda: QMessageBox.information(self, texts.ACTION_MOUSE_HELP.replace("&", ""),
@@ -367,19 +391,23 @@ class MainWindow(QMainWindow):
             self.slice_of.setText(texts.SLICE_OF.format(last=mv.n_slices - 1))
             self.range_label.setText(texts.SLICE_RANGE.format(first=first, last=last))
             self.score_plot.set_volume(mv.n_slices, first, last)
-            self.panels.set_levels(*self._model_levels())
+            self.reading.new_volume(mv.data if session.display is None else session.display, mv)
+            self._set_levels()
             self.pages.setCurrentIndex(1)
         if new_volume:
             self._volume_opened(session)
         elif new_geometry or session.key != (old.key if old else None):
             self._refresh_view()
             self._refresh_scores()
+        self.reading.schedule()
 
     def _model_loaded(self, session: Session) -> None:
         model, rec = session.model, session.model.recommended
         if model.path != self._settings_from:              # a new checkpoint, not a new device: its own settings
-            self.state.set(**{k: v for k, v in (("timestep", rec.timestep), ("threshold", rec.threshold),
-                                                 ("draws", rec.draws)) if k not in self.pinned_settings})
+            options = rec.map_options                      # what its threshold was calibrated with
+            own = {"timestep": rec.timestep, "threshold": rec.threshold, "draws": rec.draws,
+                   **{k: getattr(options, k) for k in HYGIENE + ("persist",)}}
+            self.state.set(**{k: v for k, v in own.items() if k not in self.pinned_settings})
             self._settings_from = model.path
         self._checkpoint_path = model.path
         text = texts.STATUS_CHECKPOINT
@@ -423,7 +451,7 @@ class MainWindow(QMainWindow):
     def _on_slice_ready(self, request_id: int, session_key: int, view: SliceView) -> None:
         if self.session is None or session_key != self.session.key or request_id != self._request_id:
             return  # an answer to an old request: never shown
-        self._show(view)
+        self._show(self._clean(view))
 
     @Slot(str, object, str)
     def _on_failed(self, kind: str, job, message: str) -> None:
@@ -492,14 +520,23 @@ class MainWindow(QMainWindow):
                 widget.blockSignals(False)
             self.score_plot.set_current(z)
             self._refresh_view()
+            self.reading.follow()
+        elif name == "cursor":
+            self.reading.follow()
         elif name in ("timestep", "consensus", "seed"):
             self._refresh_view()
             self._refresh_scores()
+            self.reading.schedule()
         elif name in ("threshold", "postprocess", "votes", "persist"):
             self._refresh_mask()
             self._update_titles()
+            self.reading.schedule()
+        elif name in HYGIENE:
+            self._options_changed()
+        elif name == "layout":
+            self._show_layout()
         elif name == "window":
-            self.panels.set_levels(*self._model_levels())
+            self._set_levels()
         elif name in ("mask_style", "mask_opacity"):
             self._sync_mask_style()
         elif name == "draws":
@@ -510,6 +547,18 @@ class MainWindow(QMainWindow):
 
     def _sync_mask_style(self) -> None:
         self.panels.set_mask_style(self.state.mask_style, self.state.mask_opacity)
+        self.reading.planes.set_mask_style(self.state.mask_style, self.state.mask_opacity)
+
+    def _show_layout(self) -> None:
+        """Four axial panels (the default for one slice) or three planes with the lesion list."""
+        planes = self.state.layout == "planes"
+        self.views.setCurrentWidget(self.reading.planes if planes else self.panels)
+        self.layout_actions[self.state.layout].setChecked(True)
+        self.reading.schedule()
+
+    def _reset_view(self) -> None:
+        self.panels.reset_view()
+        self.reading.planes.reset_view()
 
     def timesteps(self) -> tuple[int, ...]:
         return tuple(CONSENSUS_TIMESTEPS) if self.state.consensus else (self.state.timestep,)
@@ -524,6 +573,9 @@ class MainWindow(QMainWindow):
             recon, heat, consensus = texts.PANEL_RECON.format(t=ts[0]), texts.PANEL_HEAT, ""
         mask = texts.PANEL_MASK.format(threshold=self.state.threshold, consensus=consensus,
                                        pp=texts.PANEL_MASK_PP if self.state.postprocess else "")
+        brief = self._options_brief()
+        if brief:
+            mask += texts.PANEL_HYGIENE.format(options=brief)
         if self.state.persist and self.volume_mask() is not None:
             mask += texts.PANEL_MASK_PERSIST.format(n=self.state.persist)
         suffix = ""
@@ -570,10 +622,11 @@ class MainWindow(QMainWindow):
         z = self.state.slice
         self.panels.set_original(s.model_volume.data[z] if s.display is None else s.display[z],
                                  None if s.outline is None else s.outline[z])
-        self._update_cursor_label(None)
+        self.panels.set_reference(self.reading.reference_slice(z))
+        self.show_cursor(None)
         self._request_id += 1
         self._failed = False
-        view = s.cache.view(z, self.timesteps(), self.state.seed) if s.model is not None else None
+        view = self._view(z) if s.model is not None else None
         if view is not None:
             self.worker.supersede(self._request_id)
             self._show(view)
@@ -605,22 +658,71 @@ class MainWindow(QMainWindow):
         volume = self.volume_mask()
         self.panels.set_mask(volume[self._shown.slice] if volume is not None
                              else self._shown.mask(self.state.threshold, self.state.postprocess, self.state.votes))
+        self.reading.show_overlap()
+
+    def volume_maps(self) -> VolumeMaps | None:
+        """The whole volume's maps at the current settings once every brain slice is computed, else None.
+        Remembered for the current settings."""
+        s, st = self.session, self.state
+        if s is None or s.model_volume is None or s.model is None:
+            return None
+        options = self.map_options()
+        key = (s.key, self.timesteps(), st.seed, st.threshold, st.postprocess, st.votes, st.persist, options)
+        if self._volume_maps[0] != key:
+            maps = volume_maps(s.cache, s.model_volume, s.volume, self.timesteps(), st.seed, st.threshold,
+                               st.postprocess, st.votes, st.persist, options)
+            self._volume_maps = (key, maps) if maps is not None else (None, None)  # incomplete: look again next time
+        return self._volume_maps[1]
 
     def volume_mask(self) -> np.ndarray | None:
         """(Z, S, S) whole-volume mask with 3-D persistence applied, when it is on and every brain slice is
-        computed; else None (masks are per slice). Remembered for the current settings."""
-        s, st = self.session, self.state
-        if not st.persist or s is None or s.model_volume is None:
-            return None
-        key = (s.key, self.timesteps(), st.seed, st.threshold, st.postprocess, st.votes, st.persist)
-        if self._volume_mask[0] != key:
-            first, last = s.model_volume.slice_range
-            self._volume_mask = (key, volume_mask(s.cache, range(first, last + 1), s.model_volume.n_slices,
-                                                  self.timesteps(), st.seed, st.threshold, st.postprocess, st.votes,
-                                                  st.persist))
-            if self._volume_mask[1] is None:
-                self._volume_mask = (None, None)                  # not complete yet: look again next time
-        return self._volume_mask[1]
+        computed; else None (masks are per slice)."""
+        maps = self.volume_maps() if self.state.persist else None
+        return None if maps is None else maps.mask
+
+    # Map hygiene (core.hygiene.MapOptions)
+    def map_options(self) -> MapOptions:
+        """The heat-map and mask cleaning the state asks for (persist included; slices use all but persist)."""
+        st = self.state
+        return MapOptions(lowpass=st.lowpass, median=st.median, erode=st.erode, min_area=st.min_area,
+                          persist=st.persist)
+
+    def _view(self, z: int, timesteps: tuple[int, ...] | None = None, seed: int | None = None) -> SliceView | None:
+        """Slice z's view from the cache (None while a timestep is missing), cleaned by the current map options:
+        every heat map, mask and score the window shows or writes comes from here."""
+        s = self.session
+        mv = s.model_volume
+        return s.cache.view(z, self.timesteps() if timesteps is None else timesteps,
+                            self.state.seed if seed is None else seed, self.map_options().without_persist(),
+                            mv.data[z], mv.brain_mask[z])
+
+    def _clean(self, view: SliceView) -> SliceView:
+        """A raw view from the worker, cleaned by the current map options."""
+        options = self.map_options().without_persist()
+        if options == MapOptions():
+            return view
+        mv = self.session.model_volume
+        return view.cleaned(options, mv.data[view.slice], mv.brain_mask[view.slice])
+
+    def _options_brief(self) -> str:
+        """The active slice options for a panel title, e.g. 'median 3×3, rim 3 px'; '' when all are off."""
+        return ", ".join(texts.PANEL_HYGIENE_PARTS[k].format(v=getattr(self.state, k)) for k in HYGIENE
+                         if getattr(self.state, k))
+
+    def _options_changed(self) -> None:
+        """A map option changed: the shown slice's heat map and mask, the scores, titles and the reading room are
+        recomputed from the cached raw results; never a model call."""
+        self._scores.clear()                                # scores are percentiles of the (cleaned) heat map
+        shown = self._shown
+        if shown is not None and self.session is not None and self.session.model_volume is not None:
+            view = self._view(shown.slice, shown.timesteps, shown.seed)
+            if view is not None:
+                self._shown = view
+                self.panels.set_result(view.recon, view.heat)
+                self._refresh_mask()
+        self._refresh_scores()
+        self._update_titles()
+        self.reading.schedule()
 
     @property
     def shown(self) -> SliceView | None:
@@ -635,7 +737,7 @@ class MainWindow(QMainWindow):
             mv = self.session.model_volume
             scores = np.full(mv.n_slices, np.nan)
             for z in range(mv.n_slices):
-                view = self.session.cache.view(z, timesteps, seed)
+                view = self._view(z, timesteps, seed)
                 if view is not None:
                     scores[z] = view.score(mv.brain_mask[z])
             self._scores[key] = scores
@@ -671,9 +773,14 @@ class MainWindow(QMainWindow):
         if raw[1] <= raw[0]:
             raw[1] = raw[0] + max(abs(raw[0]) * 1e-3, 1e-3)
         self.state.set(window=(float(raw[0]), float(raw[1])))
-        self.panels.set_levels(*self._model_levels())
+        self._set_levels()
 
-    def _on_level_drag(self, dx: float, dy: float, finished: bool) -> None:
+    def _set_levels(self) -> None:
+        levels = self._model_levels()
+        self.panels.set_levels(*levels)
+        self.reading.planes.set_levels(*levels)
+
+    def on_level_drag(self, dx: float, dy: float, finished: bool) -> None:
         low, high = self.state.window
         width, level = high - low, (low + high) / 2
         width = max(width * float(np.exp(dx / 200)), 1e-6)
@@ -681,26 +788,36 @@ class MainWindow(QMainWindow):
         self.state.set(window=(level - width / 2, level + width / 2))
 
     # Status line
-    def _on_hover(self, u: float, v: float) -> None:
-        self._update_cursor_label((u, v))
-
-    def _update_cursor_label(self, point: tuple[float, float] | None) -> None:
+    def show_cursor(self, z: int | None, u: float = 0.0, v: float = 0.0) -> None:
+        """The status line: slice z's native voxel, intensity and heat under model point (u, v) of any plane;
+        z None: the cursor is off the images (the current slice only)."""
         s = self.session
         if s is None or s.model_volume is None:
             self.cursor_label.setText("")
             return
-        z = self.state.slice
-        parts = [texts.STATUS_SLICE.format(slice=z, last=s.model_volume.n_slices - 1)]
-        if point is not None:
-            found = voxel_at(s.volume, s.model_volume, z, *point)
+        shown_z = self.state.slice if z is None else z
+        parts = [texts.STATUS_SLICE.format(slice=shown_z, last=s.model_volume.n_slices - 1)]
+        if z is not None:
+            found = voxel_at(s.volume, s.model_volume, z, u, v)
             if found is None:
                 parts.append(texts.STATUS_OUTSIDE)
             else:
                 (i, j, k), value = found
                 parts.append(texts.STATUS_VOXEL.format(i=i, j=j, k=k, value=value))
-            if self._shown is not None:
-                parts.append(texts.STATUS_HEAT.format(heat=float(self._shown.heat[int(point[1]), int(point[0])])))
+            heat = self._heat_at(z, int(v), int(u))
+            if heat is not None:
+                parts.append(texts.STATUS_HEAT.format(heat=heat))
         self.cursor_label.setText(texts.STATUS_SEPARATOR.join(parts))
+
+    def _heat_at(self, z: int, row: int, column: int) -> float | None:
+        """The heat map's value at a model pixel: the shown slice's, else the whole volume's when computed."""
+        S = self.session.model_volume.image_size
+        if not (0 <= row < S and 0 <= column < S):
+            return None
+        if self._shown is not None and self._shown.slice == z:
+            return float(self._shown.heat[row, column])
+        maps = self.volume_maps()
+        return None if maps is None else float(maps.heat[z, row, column])
 
     # Whole volume
     def run_whole_volume(self) -> bool:
@@ -721,7 +838,7 @@ class MainWindow(QMainWindow):
         return True
 
     def cancel_run(self) -> None:
-        self._export_after_run = None
+        self._after_run = None
         self.worker.cancel_run()
 
     @property
@@ -737,12 +854,12 @@ class MainWindow(QMainWindow):
         mv = self.session.model_volume
         scores = self._scores_for(run.timesteps, run.seed)
         for z in slices:
-            view = self.session.cache.view(z, run.timesteps, run.seed)
+            view = self._view(z, run.timesteps, run.seed)
             if view is not None:
                 scores[z] = view.score(mv.brain_mask[z])
         self._refresh_scores()
         if self._shown is None and self.state.slice in slices:
-            view = self.session.cache.view(self.state.slice, self.timesteps(), self.state.seed)
+            view = self._view(self.state.slice)
             if view is not None:
                 self._request_id += 1
                 self.worker.supersede(self._request_id)
@@ -763,10 +880,11 @@ class MainWindow(QMainWindow):
         self._refresh_scores()
         self._refresh_mask()                                    # 3-D persistence applies once the volume is complete
         self._update_titles()
+        self.reading.refresh_volume()
         self.run_done.emit(completed)
-        folder, self._export_after_run = self._export_after_run, None
-        if folder is not None and completed:
-            self._write_exports(folder)
+        then, self._after_run = self._after_run, None
+        if then is not None and completed:
+            then()
 
     # Export
     def _computed_slices(self) -> list[int]:
@@ -793,7 +911,7 @@ class MainWindow(QMainWindow):
         if compute_missing and self.missing_slices():
             if self._run is None and not self.run_whole_volume():
                 return self._write_exports(Path(folder))
-            self._export_after_run = Path(folder)
+            self._after_run = lambda: self._write_exports(Path(folder))
             self.statusBar().showMessage(texts.EXPORT_RUNNING.format(n=len(self.missing_slices())))
             return None
         return self._write_exports(Path(folder))
@@ -809,13 +927,13 @@ class MainWindow(QMainWindow):
         heat = np.zeros((mv.n_slices, S, S), np.float32)  # (Z, S, S)
         mask = np.zeros((mv.n_slices, S, S), bool)        # (Z, S, S)
         for z in computed:
-            view = s.cache.view(z, self.timesteps(), self.state.seed)
+            view = self._view(z)
             heat[z] = view.heat
             mask[z] = view.mask(self.state.threshold, self.state.postprocess, self.state.votes)
         persistent = self.volume_mask()
         if persistent is not None:
             mask = persistent
-        stem = _stem(volume.path) if volume.path else texts.UNNAMED_VOLUME
+        stem = file_stem(volume.path) if volume.path else texts.UNNAMED_VOLUME
         try:
             mask_path = write_nifti(mv.to_canonical(mask, "nearest"), volume, folder / f"{stem}_mask.nii.gz", "mask")
             error_path = write_nifti(mv.to_canonical(heat, "linear"), volume, folder / f"{stem}_error.nii.gz",
@@ -871,6 +989,70 @@ class MainWindow(QMainWindow):
         if path:
             self.save_panels_png(path if path.lower().endswith(".png") else path + ".png")
 
+    def export_report(self, path: str | Path, compute_missing: bool = True) -> Path | None:
+        """Write the PDF report of the whole volume at the current settings; missing brain slices are computed first
+        when compute_missing (the report is written when that run ends: returns None), else it is an error."""
+        s = self.session
+        if s is None or s.volume is None or s.model is None:
+            self.show_error(texts.ERROR_REPORT.format(message=texts.ERROR_NO_MODEL if s and s.volume
+                                                      else texts.ERROR_NO_VOLUME))
+            return None
+        missing = self.missing_slices()
+        if not missing:
+            return self.reading.write_report(path)
+        if not compute_missing:
+            self.show_error(texts.ERROR_REPORT.format(message=texts.ERROR_REPORT_INCOMPLETE))
+            return None
+        if self._run is None:
+            self.run_whole_volume()
+        self._after_run = lambda: self.reading.write_report(path)
+        self.statusBar().showMessage(texts.REPORT_RUNNING.format(n=len(missing)))
+        return None
+
+    def _export_report_dialog(self) -> None:
+        if self.session is None or self.session.volume is None:
+            self.show_error(texts.ERROR_REPORT.format(message=texts.ERROR_NO_VOLUME))
+            return
+        volume = self.session.volume
+        stem = file_stem(volume.path) if volume.path else texts.UNNAMED_VOLUME
+        suggested = str(Path(self.settings["last_directory"] or ".") / f"{stem}_report.pdf")
+        path, _ = QFileDialog.getSaveFileName(self, texts.DIALOG_SAVE_REPORT, suggested, texts.FILTER_PDF)
+        if not path:
+            return
+        path = path if path.lower().endswith(".pdf") else path + ".pdf"
+        missing = self.missing_slices()
+        if missing:
+            first, last = self.session.model_volume.slice_range
+            answer = QMessageBox.question(self, texts.REPORT_MISSING_TITLE,
+                                          texts.REPORT_MISSING_TEXT.format(missing=len(missing),
+                                                                           total=last - first + 1))
+            if answer != QMessageBox.StandardButton.Yes:
+                return
+        self.export_report(path)
+
+    def load_reference(self, path: str | Path) -> bool:
+        """Show a segmentation on the input's grid beside the mask, with its overlap; an error dialog otherwise."""
+        if self.session is None or self.session.volume is None:
+            self.show_error(texts.ERROR_REFERENCE.format(message=texts.ERROR_NO_VOLUME))
+            return False
+        try:
+            self.reading.load_reference(path)
+        except VolumeError as err:
+            self.show_error(texts.ERROR_REFERENCE.format(message=err), str(err))
+            return False
+        self.statusBar().showMessage(texts.STATUS_REFERENCE.format(name=Path(path).name))
+        return True
+
+    def _load_reference_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, texts.DIALOG_OPEN_REFERENCE, self.settings["last_directory"],
+                                              texts.FILTER_NIFTI)
+        if path:
+            self.load_reference(path)
+
+    def _on_reference_changed(self) -> None:
+        self.clear_reference_action.setEnabled(self.reading.reference is not None)
+        self.panels.set_reference(self.reading.reference_slice(self.state.slice))
+
     def panel_rects(self) -> list[QRect]:
         """The four image views in window coordinates (what a screenshot shows of each panel)."""
         return [QRect(self.panels.mapTo(self, r.topLeft()), r.size()) for r in self.panels.view_rects()]
@@ -904,7 +1086,9 @@ class MainWindow(QMainWindow):
         if not self._read_only:
             self.settings["geometry"] = base64.b64encode(bytes(self.saveGeometry())).decode("ascii")
             for name in RESTORED:
-                self.settings[name] = getattr(self.state, name)
+                value = getattr(self.state, name)
+                if name not in VALID or VALID[name](value):   # a checkpoint's option beyond the boxes: not kept
+                    self.settings[name] = value
             self._save_settings()
         self.worker.cancel_run()
         self.threads.stop()

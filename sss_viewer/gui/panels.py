@@ -18,6 +18,7 @@ HEAT_COLORMAP = "inferno"
 MASK_COLOR = (255, 64, 64)        # overlay fill
 CONTOUR_COLOR = (80, 255, 120)    # overlay contour: green stands out on grey and differs from the fill
 BRAIN_COLOR = (90, 200, 255)      # outline of an extracted brain (dashed): cyan, apart from the mask's green
+REFERENCE_COLOR = (255, 210, 0)   # outline of a loaded reference segmentation: yellow, apart from green and cyan
 LETTER_COLOR = "#f0c040"
 BAND_COLOR = QColor(90, 160, 255, 110)
 MARK_COLORS = (QColor(150, 150, 150), QColor(230, 120, 20))   # slider marks: the paper's value, the checkpoint's
@@ -61,26 +62,49 @@ class SliceViewBox(pg.ViewBox):
         super().mouseDragEvent(ev, axis)
 
 
-class SlicePanel(QWidget):
-    """One panel: a title and an image view framed by orientation letters (A top, P bottom, R left, L right)."""
+class TitleLabel(QLabel):
+    """A bold one-line panel title that never widens its panel: elided (…) when too long, the full text as tooltip."""
 
-    def __init__(self, title: str, side: pg.GraphicsWidget):
+    def __init__(self, text: str):
+        super().__init__(text)
+        self.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.setStyleSheet("font-weight: bold")
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.setToolTip(text)
+
+    def setText(self, text: str) -> None:
+        super().setText(text)
+        self.setToolTip(text)
+
+    def paintEvent(self, event) -> None:
+        painter = QPainter(self)
+        painter.setPen(self.palette().color(self.foregroundRole()))
+        text = self.fontMetrics().elidedText(self.text(), Qt.TextElideMode.ElideRight, self.contentsRect().width())
+        painter.drawText(self.contentsRect(), int(self.alignment()), text)
+
+
+class SlicePanel(QWidget):
+    """One panel: a title and an image view framed by orientation letters (axial: A top, P bottom, R left, L right),
+    with a side item beside the view (the colour bar, or a blank of its width)."""
+
+    def __init__(self, title: str, side: pg.GraphicsWidget | None = None, view: pg.ViewBox | None = None,
+                 letters: tuple[str, str, str, str] = (texts.ORIENT_TOP, texts.ORIENT_BOTTOM, texts.ORIENT_LEFT,
+                                                       texts.ORIENT_RIGHT), tooltip: str = texts.ORIENT_TOOLTIP):
         super().__init__()
-        self.title = QLabel(title)
-        self.title.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.title.setStyleSheet("font-weight: bold")
+        self.title = TitleLabel(title)
         self.canvas = pg.GraphicsLayoutWidget()
         self.canvas.setMinimumSize(220, 200)
-        self.canvas.setToolTip(texts.ORIENT_TOOLTIP)
+        self.canvas.setToolTip(tooltip)
         layout = self.canvas.ci
         layout.setContentsMargins(2, 2, 2, 2)
         layout.setSpacing(0)
-        self.view = SliceViewBox()
-        for text, row, col in ((texts.ORIENT_TOP, 0, 1), (texts.ORIENT_LEFT, 1, 0), (texts.ORIENT_RIGHT, 1, 2),
-                               (texts.ORIENT_BOTTOM, 2, 1)):
+        self.view = SliceViewBox() if view is None else view
+        top, bottom, left, right = letters
+        for text, row, col in ((top, 0, 1), (left, 1, 0), (right, 1, 2), (bottom, 2, 1)):
             layout.addLabel(text, row=row, col=col, color=LETTER_COLOR, size="11pt", bold=True)
         layout.addItem(self.view, row=1, col=1)
-        layout.addItem(side, row=1, col=3)  # the colour bar, or a blank of its width: every view gets the same size
+        if side is not None:
+            layout.addItem(side, row=1, col=3)  # every view of the four panels gets the same size
         layout.layout.setRowStretchFactor(1, 1)
         layout.layout.setColumnStretchFactor(1, 1)
         box = QVBoxLayout(self)
@@ -116,16 +140,15 @@ class ImagePanels(QWidget):
         self.mask_base = pg.ImageItem()
         self.mask_fill = pg.ImageItem()
         self.mask_contour = pg.IsocurveItem(level=0.5, pen=pg.mkPen(CONTOUR_COLOR, width=2))
-        self.mask_contour.setPos(0.5, 0.5)   # isocurve vertices sit on pixel centres; ImageItem pixels span [i, i + 1)
         self.brain_contour = pg.IsocurveItem(level=0.5,
                                              pen=pg.mkPen(BRAIN_COLOR, width=1.5, style=Qt.PenStyle.DashLine))
-        self.brain_contour.setPos(0.5, 0.5)
+        self.reference_contour = pg.IsocurveItem(level=0.5, pen=pg.mkPen(REFERENCE_COLOR, width=2))
         self.colorbar.setImageItem(self.heat_image)
         self.original.view.addItem(self.original_image)
         self.original.view.addItem(self.brain_contour)
         self.recon.view.addItem(self.recon_image)
         self.heat.view.addItem(self.heat_image)
-        for item in (self.mask_base, self.mask_fill, self.mask_contour):
+        for item in (self.mask_base, self.mask_fill, self.mask_contour, self.reference_contour):
             self.mask.view.addItem(item)
 
         main = self.original.view
@@ -180,6 +203,7 @@ class ImagePanels(QWidget):
             item.clear()
         self.mask_contour.setData(None)
         self.brain_contour.setData(None)
+        self.reference_contour.setData(None)
         self._mask = None
         self.reset_view()
 
@@ -196,6 +220,10 @@ class ImagePanels(QWidget):
         self.mask_base.setImage(image, levels=self._levels, autoLevels=False)
         self.brain_contour.setData(None if brain is None else brain.astype(np.float32))
 
+    def set_reference(self, reference: np.ndarray | None) -> None:
+        """The reference segmentation's outline (S, S) over the mask panel; None hides it."""
+        self.reference_contour.setData(None if reference is None else reference.astype(np.float32))
+
     def set_result(self, recon: np.ndarray, heat: np.ndarray) -> None:
         self.recon_image.setImage(recon, levels=self._levels, autoLevels=False)
         self.heat_image.setImage(heat, autoLevels=False)
@@ -210,6 +238,10 @@ class ImagePanels(QWidget):
     def set_mask(self, mask: np.ndarray) -> None:
         self._mask = mask
         self._draw_mask()
+
+    def shown_mask(self) -> np.ndarray | None:
+        """(S, S) bool mask on show; None while the slice's result is computing."""
+        return self._mask
 
     def set_mask_style(self, style: str, opacity: float) -> None:
         self._style, self._opacity = style, opacity

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -19,7 +20,12 @@ THRESHOLD_RANGE = (0.0, 1.0)
 SEED_MAX = 2 ** 31 - 1
 DRAWS_MAX = 16           # noise draws per slice in the viewer (each is one more model call)
 PERSIST_MAX = 20         # 3-D consistency: regions must span at least this many slices (0: off)
+LOWPASS_MAX = 3.0        # map hygiene (core.hygiene.MapOptions): low-pass sigma in model pixels (0: off)
+MEDIANS = (0, 3, 5, 7, 9)  # median window of the heat map (0: off)
+ERODE_MAX = 10           # heat map zeroed this many pixels inside the brain's rim (0: off)
+MIN_AREA_MAX = 500       # mask regions smaller than this many pixels are dropped (0: off)
 DEVICES = ("auto", "cpu", "cuda")
+LAYOUTS = ("panels", "planes")
 
 
 def _is_int(v: Any) -> bool:
@@ -47,9 +53,14 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "draws": 1,
     "persist": 0,
+    "lowpass": 0.0,
+    "median": 0,
+    "erode": 0,
+    "min_area": 0,
     "device": "auto",
     "mask_style": "contour",
     "mask_opacity": 0.6,
+    "layout": "panels",              # "panels": four axial panels; "planes": axial, coronal and sagittal
 }
 
 VALID: dict[str, Callable[[Any], bool]] = {
@@ -65,9 +76,14 @@ VALID: dict[str, Callable[[Any], bool]] = {
     "seed": lambda v: _is_int(v) and 0 <= v <= SEED_MAX,
     "draws": lambda v: _is_int(v) and 1 <= v <= DRAWS_MAX,
     "persist": lambda v: _is_int(v) and 0 <= v <= PERSIST_MAX,
+    "lowpass": lambda v: _is_number(v) and math.isfinite(v) and v >= 0,   # the box offers 0..LOWPASS_MAX
+    "median": lambda v: _is_int(v) and v in MEDIANS,
+    "erode": lambda v: _is_int(v) and 0 <= v <= ERODE_MAX,
+    "min_area": lambda v: _is_int(v) and 0 <= v <= MIN_AREA_MAX,
     "device": lambda v: v in DEVICES,
     "mask_style": lambda v: v in texts.MASK_STYLES,
     "mask_opacity": _in(0.0, 1.0),
+    "layout": lambda v: v in LAYOUTS,
 }
 
 

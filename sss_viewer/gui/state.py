@@ -10,6 +10,8 @@ from .settings import DEFAULTS
 
 FIELDS: dict[str, Any] = {
     "slice": 0,                                  # axial slice index (canonical z)
+    "cursor": (0, 0),                            # crosshair (row v, column u) in model space; with slice: 3-D
+    "layout": DEFAULTS["layout"],                # "panels" (four axial panels) or "planes" (three planes)
     "timestep": DEFAULTS["timestep"],            # single-step lambda
     "threshold": DEFAULTS["threshold"],          # heat-map threshold
     "postprocess": DEFAULTS["postprocess"],      # dilation + largest region on the mask
@@ -18,6 +20,10 @@ FIELDS: dict[str, Any] = {
     "seed": DEFAULTS["seed"],                    # noise seed
     "draws": DEFAULTS["draws"],                  # noise draws averaged per slice (K model calls)
     "persist": DEFAULTS["persist"],              # whole volume: keep 3-D regions spanning ≥ this many slices
+    "lowpass": DEFAULTS["lowpass"],              # map hygiene (core.hygiene.MapOptions): low-pass sigma, 0: off
+    "median": DEFAULTS["median"],                # median window of the heat map, 0: off
+    "erode": DEFAULTS["erode"],                  # heat map zeroed this many pixels inside the brain's rim, 0: off
+    "min_area": DEFAULTS["min_area"],            # mask regions smaller than this many pixels dropped, 0: off
     "device": DEFAULTS["device"],                # "auto", "cpu" or "cuda", as asked for
     "mask_style": DEFAULTS["mask_style"],        # "contour" or "fill"
     "mask_opacity": DEFAULTS["mask_opacity"],    # overlay opacity, 0..1

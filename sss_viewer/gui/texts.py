@@ -191,6 +191,8 @@ HELP_MOUSE = ("<b>Slices</b>: mouse wheel over an image, Up/Down arrows, PageUp/
               "<b>reset</b>: View ▸ Reset Zoom (Ctrl+0).<br>"
               "<b>Window/level</b>: right-drag (horizontal = window, vertical = level), "
               "the Window/Level boxes, or Auto.<br>"
+              "<b>Three planes</b> (View ▸ Three Planes, Ctrl+2): click or drag to move the crosshair; the wheel "
+              "steps each view through its own axis; click a lesion row to jump to it.<br>"
               "<b>Open</b>: drop a .nii/.nii.gz volume or a .pt checkpoint onto the window.")
 HELP_ABOUT = ("<b>sss-viewer {version}</b><br>Brain MRI anomaly detection by single-step diffusion sampling "
               "(Damudi &amp; Kini 2024): noise a slice to timestep λ with simplex noise, reconstruct it in one "
@@ -210,3 +212,131 @@ CLI_THRESHOLD = "heat-map threshold for the mask, {low}–{high} (default {defau
 CLI_SCREENSHOT = "render, wait for the shown slice's result, save the window to this PNG and exit"
 CLI_RANGE = "must be between {low} and {high}, not {value}"
 CLI_SCREENSHOT_FAILED = "sss-viewer: {message}"
+
+# Lesion list and reference (gui/lesion_table.py)
+LESIONS_COLUMNS = ("#", "mL", "Voxels", "Centre RAS (mm)", "Slices", "Peak heat", "Mean heat", "Voxel i, j, k")
+LESIONS_COLUMN_TOOLTIPS = (
+    "Region number: 1 = largest",
+    "Volume in millilitres",
+    "Number of voxels",
+    "Centre of the region in scanner coordinates: R, A, S in mm; it can lie outside a curved region",
+    "First–last axial slice the region spans (0 = most inferior)",
+    "Highest heat (squared error) inside the region",
+    "Mean heat (squared error) inside the region",
+    "The centre's voxel as the input file indexes it (its own array order)",
+)
+LESION_VOLUME = "{ml:.3f}"
+LESION_CENTRE = "{r:.1f}, {a:.1f}, {s:.1f}"
+LESION_VOXEL = "{i}, {j}, {k}"
+LESION_SLICES = "{first}–{last}"
+LESION_SLICES_TOOLTIP = "axial slices {first}–{last}; most of its voxels on slice {peak}"
+LESION_HEAT = "{heat:.3f}"
+LESIONS_MIN_SIZE = "Minimum size (mL)"
+LESIONS_MIN_SIZE_TOOLTIP = "Hide regions smaller than this; the list is filtered, nothing is recomputed"
+LESIONS_TABLE_TOOLTIP = "Click a region (or select it and press Enter) to show it in the views"
+LESIONS_NONE = "The list of 3-D regions appears after “Run whole volume”."
+LESIONS_SUMMARY = "{n} regions, {ml:.2f} mL in all ({shown} shown)"
+LESIONS_SUMMARY_ONE = "1 region, {ml:.2f} mL ({shown} shown)"
+BUTTON_EXPORT_LESIONS = "Export CSV…"
+LESIONS_EXPORT_TOOLTIP = "Save the shown regions as a CSV table"
+DIALOG_SAVE_LESIONS = "Save the shown regions as CSV"
+FILTER_CSV = "CSV tables (*.csv);;All files (*)"
+LESIONS_FILE = "lesions.csv"
+STATUS_LESIONS_CSV = "Wrote {n} regions to {path}"
+ERROR_LESIONS_CSV = "cannot write {path}: {reason}"
+
+# Three planes (gui/planes.py)
+PLANE_NAMES = {"axial": "Axial", "coronal": "Coronal", "sagittal": "Sagittal"}
+PLANE_TITLE = "{name}  {index} / {last}"
+PLANE_LETTERS = {"axial": ("A", "P", "R", "L"), "coronal": ("S", "I", "R", "L"),   # top, bottom, left, right
+                 "sagittal": ("S", "I", "A", "P")}
+PLANE_TOOLTIP = ("Model space, seen as in radiology: axial from the feet, coronal from the front, sagittal from the "
+                 "patient's left. Left-click or drag on the image: move the crosshair; wheel: step through this "
+                 "plane; Ctrl + wheel: zoom; drag beside the image: pan; right-drag: window/level.")
+OVERLAY_LABEL = "Overlay:"
+OVERLAY_MODES = {"mask": "Mask", "heat": "Heat map", "none": "None"}
+PLANES_NOTE = (f"The model works on axial slices: its heat map and mask appear in these three planes after "
+               f"“{BUTTON_RUN_VOLUME}”.")
+
+# Reading room: layouts, reference overlay, report (gui/reading.py, main_window.py)
+ACTION_LAYOUT_PANELS = "&Four Panels (Axial)"
+ACTION_LAYOUT_PLANES = "&Three Planes and Lesion List"
+ACTION_LOAD_REFERENCE = "Load &Reference Segmentation…"
+ACTION_CLEAR_REFERENCE = "C&lear Reference"
+ACTION_EXPORT_REPORT = "Export &Report (PDF)…"
+DIALOG_OPEN_REFERENCE = "Open a reference segmentation on the volume's grid"
+DIALOG_SAVE_REPORT = "Save the report"
+FILTER_PDF = "PDF documents (*.pdf)"
+STATUS_REFERENCE = "Reference {name} shown in yellow"
+ERROR_REFERENCE = "Could not load the reference segmentation.\n\n{message}"
+OVERLAP_SCORES = "Dice {dice:.3f} · precision {precision:.3f} · recall {recall:.3f}"
+OVERLAP_LINE = "<span style='color:#b08800'>■</span> Reference {name} — slice {slice}: {on_slice} — volume: {on_volume}"
+OVERLAP_VOLUME_PENDING = "after “Run whole volume”"
+OVERLAP_COMPUTING = "<span style='color:#b08800'>■</span> Reference {name} — slice {slice}: computing…"
+OVERLAP_TOOLTIP = ("Overlap of the mask with the reference (yellow outline). Slice: the drawn masks on the model's "
+                   "grid. Volume: the whole-volume mask mapped back onto the input's voxels, as sss-eval and "
+                   "sss-detect count it.")
+REPORT_MISSING_TITLE = "The report needs the whole volume"
+REPORT_MISSING_TEXT = ("{missing} of the {total} brain slices have no result for these settings yet.\n\n"
+                       "Compute them now and write the report when they are done?")
+REPORT_RUNNING = "Computing {n} missing slices before writing the report…"
+STATUS_REPORT = "Report written: {path} ({pages} pages)"
+ERROR_REPORT = "Could not write the report.\n\n{message}"
+ERROR_REPORT_INCOMPLETE = "not every brain slice is computed at these settings; run the whole volume first"
+BUTTON_EXPORT_REPORT = "Report (PDF)…"
+EXPORT_REPORT_TOOLTIP = ("One PDF a colleague can read without the app: the input, checkpoint and settings, the lesion "
+                         "list and views of the largest regions (the whole volume is computed first)")
+REPORT_FILE = "File"
+REPORT_GRID = "Grid"
+REPORT_GRID_TEXT = "{shape} voxels ({axcodes}), voxel size {spacing} mm"
+REPORT_BRAIN = "Brain"
+REPORT_WARNING = "Warning"
+REPORT_CHECKPOINT = "Checkpoint"
+REPORT_MODEL = "Model"
+REPORT_MODEL_TEXT = "{preset} preset, {size} px, training step {step}, trained on {modality}"
+REPORT_NOT_RECORDED = "not recorded"
+REPORT_TIMESTEP = "Timestep"
+REPORT_VOTES = " (consensus: ≥ {votes} of {n} agree)"
+REPORT_THRESHOLD = "Threshold"
+REPORT_THRESHOLD_TEXT = "{value:g} ({source})"
+REPORT_FROM_CHECKPOINT = "the checkpoint's calibrated value"
+REPORT_FROM_USER = "set in the viewer"
+REPORT_DRAWS = "Noise draws"
+REPORT_DRAWS_TEXT = "{draws} a slice, seed {seed}"
+REPORT_POSTPROCESS = "Post-processing"
+REPORT_POSTPROCESS_ON = "3 × 3 dilation, largest region of each slice kept"
+REPORT_OFF = "off"
+REPORT_PERSIST = "3-D persistence"
+REPORT_PERSIST_TEXT = "regions spanning ≥ {n} slices"
+REPORT_MIN_SIZE = "Minimum lesion size"
+REPORT_MIN_SIZE_TEXT = "{ml:g} mL (the lesion table's filter)"
+REPORT_DEVICE = "Device"
+
+# Map hygiene (controls)
+HYGIENE_CALIBRATION_NOTE = ("The checkpoint's calibrated threshold holds only with the checkpoint's own map options "
+                            "(set when it loads); changing one moves the heat map or mask under that threshold. "
+                            "Recomputed at once, no model call.")
+LOWPASS_LABEL = "Low-pass σ"
+LOWPASS_TOOLTIP = ("Blur the slice and its reconstruction alike (Gaussian σ in model pixels) before the squared "
+                   "error: compares them at the detail a single step can restore, so sharp edges stop lighting "
+                   "up. " + HYGIENE_CALIBRATION_NOTE)
+MEDIAN_LABEL = "Median"
+MEDIAN_OFF = "off"
+MEDIAN_ITEM = "{n}×{n}"
+MEDIAN_CHOICES = (0, 3, 5)          # offered in the box; a checkpoint's 7 or 9 is added when it loads
+MEDIAN_TOOLTIP = ("Median filter of the heat map over n×n pixels: removes lone hot pixels, keeps regions. "
+                  + HYGIENE_CALIBRATION_NOTE)
+ERODE_LABEL = "Rim erosion"
+ERODE_TOOLTIP = ("Zero the heat map within this many pixels of the brain mask's rim, where skull-stripping leftovers "
+                 "and partial volume look anomalous. " + HYGIENE_CALIBRATION_NOTE)
+MIN_AREA_LABEL = "Min region"
+MIN_AREA_TOOLTIP = ("Drop mask regions (connected on each slice) smaller than this many pixels; the heat map is "
+                    "unchanged. " + HYGIENE_CALIBRATION_NOTE)
+HYGIENE_OFF = "off"
+HYGIENE_PX = " px"
+PANEL_HYGIENE = " · {options}"
+PANEL_HYGIENE_PARTS = {"lowpass": "low-pass σ {v:g}", "median": "median {v}×{v}", "erode": "rim {v} px",
+                       "min_area": "regions ≥ {v} px"}
+REPORT_HYGIENE = "Map hygiene"
+REPORT_HYGIENE_OFF = "off (the paper's maps)"
+REPORT_FROM_CHECKPOINT_OTHER = "the checkpoint's calibrated value, calibrated with other map options"
