@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from sss_viewer.core.anomaly import Reconstruction
+from sss_viewer.core.checkpoint import Recommended
 from sss_viewer.core.config import PreprocessConfig
 from sss_viewer.core.hygiene import MapOptions
 from trainer import evaluate as ev
@@ -258,9 +259,13 @@ def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, checkpoint, capsys):
         ev.main(["--manifest", str(good), "--out", str(out), "--methods", "sss300,nope"])
     assert exc.value.code == 2 and "nope" in capsys.readouterr().err
     assert ev.build_parser().parse_args(["--manifest", "m", "--out", "o"]).methods is None   # the checkpoint's
-    assert [m.name for m in ev.default_methods(300)] == list(ev.DEFAULT_METHODS)
+    assert [m.name for m in ev.default_methods(Recommended())] == list(ev.DEFAULT_METHODS)
     models = [n for n in ev.DEFAULT_METHODS if n not in ev.BASELINES]
-    assert [m.name for m in ev.default_methods(200)] == models + ["sss200", "sss200_pp", *ev.BASELINES]
+    assert [m.name for m in ev.default_methods(Recommended(timestep=200))] == models + ["sss200", "sss200_pp",
+                                                                                       *ev.BASELINES]
+    stored = Recommended(timestep=100, map_options=MapOptions(median=3, persist=3))   # and its own map options
+    assert [m.name for m in ev.default_methods(stored)] == models + ["sss100", "sss100_pp", "sss100_med3_3d3_pp",
+                                                                     *ev.BASELINES]
     assert ev.BASELINES == ("intensity", "intensity_pp") and set(ev.BASELINES) <= set(ev.DEFAULT_METHODS)
     dwi = write_manifest(tmp_path, [["c1", "dwi", "c1.nii.gz", "c1_seg.nii.gz", ""]])
     lines = run(dwi, "--modality", "dwi", "--methods", "intensity")

@@ -670,7 +670,7 @@ def test_3d_persistence_applies_after_a_whole_volume_run(qtbot, window, tmp_path
     w.worker.cpu_chunk = 16
     w.state.set(threshold=0.05, postprocess=False)                      # a noisy tiny model: many small regions
     w.controls.persist_spin.setValue(3)
-    assert w.volume_mask() is None and "3-D" not in w.panels.mask.title.text()
+    assert w.volume_mask() is None and "after “Run whole volume”" in w.panels.mask.title.text()
     z = w.state.slice
     per_slice = w.shown.mask(0.05, False, w.state.votes)
     assert np.array_equal(w.panels._mask, per_slice)                    # not complete: the slice's own mask

@@ -150,3 +150,19 @@ def test_report_from_the_viewer_computes_the_missing_slices_first(qtbot, window,
     assert "brain.nii.gz" in front and "not a diagnosis" in front and "tiny0.pt" in front
     assert f"{len(lesions)} regions" in front and "0.7 (set in the viewer)" in front
     doc.close()
+
+
+def test_command_line_reference_and_layout(qtbot, files, tmp_path):
+    """sss-viewer VOLUME --reference SEG --layout planes: the planes on show, the reference loaded with the volume."""
+    from sss_viewer.gui.app import launch, parse_args
+    reference = tmp_path / "seg.nii.gz"
+    native = np.asanyarray(nib.load(str(files["volume"])).dataobj) > 200       # the synthetic brain's bright blob
+    nib.save(nib.Nifti1Image(native.astype(np.uint8), AFFINE), str(reference))
+    w = launch(parse_args([str(files["volume"]), "--checkpoint", str(files["checkpoint"]), "--device", "cpu",
+                           "--reference", str(reference), "--layout", "planes"]))
+    qtbot.addWidget(w)
+    wait_for(qtbot, lambda: w.reading.reference is not None)
+    assert w.views.currentWidget() is w.reading.planes and w.state.layout == "planes"
+    assert w.reading.reference.canonical.sum() == native.sum() > 0
+    wait_for(qtbot, lambda: "slice" in w.reading.overlap_label.text() and not w.reading.overlap_label.isHidden())
+    w.close()

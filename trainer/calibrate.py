@@ -39,7 +39,8 @@ class Calibration:
         return {name: curve[k] for name, curve in self.flagged.items()}
 
 
-def flagged_curve(error: np.ndarray, brain: np.ndarray, pp: PostProcess = PostProcess(), persist: int = 0) -> list[float]:
+def flagged_curve(error: np.ndarray, brain: np.ndarray, pp: PostProcess = PostProcess(),
+                  persist: int = 0) -> list[float]:
     """Share of brain pixels in the post-processed mask at each of THRESHOLDS; error and brain (n, S, S), with
     persist (the slices consecutive): 3-D regions spanning fewer slices dropped first."""
     total = max(1, int(np.count_nonzero(brain)))
@@ -84,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sss-calibrate",
         description="Choose a checkpoint's mask threshold on healthy volumes it was not trained on: the smallest "
                     "threshold that flags at most --budget of their brain pixels (post-processed masks with the map "
-                    "hygiene asked for, mean over volumes). Writes a copy of the checkpoint that sss-detect, sss-eval and sss-viewer then run "
-                    "at this threshold and timestep by default, and prints the measurements as JSON.")
+                    "hygiene asked for, mean over volumes). Writes a copy of the checkpoint that sss-detect, sss-eval "
+                    "and sss-viewer then run at this threshold, timestep and map hygiene by default, and prints the "
+                    "measurements as JSON.")
     p.add_argument("checkpoint", type=Path, metavar="CKPT", help="checkpoint made by sss-train")
     p.add_argument("--healthy", type=Path, nargs="+", required=True, metavar="PATH",
                    help="healthy volumes NOT used in training (a brain mask beside one is applied, as in sss-train)")

@@ -25,7 +25,7 @@ import sss_viewer
 from sss_viewer.cli import bad_input
 from sss_viewer.core.anomaly import (CONSENSUS_TIMESTEPS, DEFAULT_THRESHOLD, PRECISION_HELP, PRECISIONS, PostProcess,
                                      Reconstruction, consensus_mask, make_mask)
-from sss_viewer.core.checkpoint import load_detector, preset_to_dict
+from sss_viewer.core.checkpoint import Recommended, load_detector, preset_to_dict
 from sss_viewer.core.config import PreprocessConfig
 from sss_viewer.core.files import atomic_write_text
 from sss_viewer.core.hygiene import MapOptions, keep_persistent
@@ -810,11 +810,12 @@ def parse_methods(text: str) -> list[Method]:
     return list({m.name: m for m in found.values()}.values())   # one row per canonical name
 
 
-def default_methods(recommended_timestep: int) -> list[Method]:
-    """DEFAULT_METHODS, plus the checkpoint's recommended timestep with and without post-processing before the
-    baselines."""
+def default_methods(recommended: Recommended) -> list[Method]:
+    """DEFAULT_METHODS, plus the checkpoint's recommended timestep with and without post-processing and, when it
+    stores map options, with them too (what sss-detect and sss-viewer run by default), before the baselines."""
+    t, options = recommended.timestep, recommended.map_options.name
     names = dict.fromkeys(n for n in DEFAULT_METHODS if n not in BASELINES)
-    names.update(dict.fromkeys((f"sss{recommended_timestep}", f"sss{recommended_timestep}_pp", *BASELINES)))
+    names.update(dict.fromkeys((f"sss{t}", f"sss{t}_pp", f"sss{t}{options}_pp", *BASELINES)))
     return [method_named(n) for n in names]
 
 
@@ -888,7 +889,7 @@ def main(argv: list[str] | None = None) -> int:
         ckpt, detector = load_detector(args.checkpoint, args.device, precision=args.precision, draws=args.draws)
     except ValueError as err:  # CheckpointError or the device
         return fail(err)
-    methods = args.methods or default_methods(ckpt.recommended.timestep)
+    methods = args.methods or default_methods(ckpt.recommended)
     threshold = ckpt.recommended.threshold if args.threshold is None else args.threshold
     too_far = sorted({t for m in methods for t in m.timesteps if t >= ckpt.preset.diffusion.timesteps})
     if too_far:

@@ -11,7 +11,7 @@ from ..core.anomaly import DEFAULT_THRESHOLD, DEFAULT_TIMESTEP
 from ..core.inputs import SKULL_MODES
 from ..core.resources import DEMO_CHECKPOINT, DEMO_VOLUME, default_checkpoint, resource, resource_dir
 from . import texts
-from .settings import THRESHOLD_RANGE, TIMESTEP_RANGE, Settings
+from .settings import LAYOUTS, THRESHOLD_RANGE, TIMESTEP_RANGE, Settings
 
 
 def _ranged(kind, low, high):
@@ -38,6 +38,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threshold", type=_ranged(float, *THRESHOLD_RANGE), default=None,
                         help=texts.CLI_THRESHOLD.format(low=THRESHOLD_RANGE[0], high=THRESHOLD_RANGE[1],
                                                         default=DEFAULT_THRESHOLD))
+    parser.add_argument("--reference", type=Path, metavar="FILE", help=texts.CLI_REFERENCE)
+    parser.add_argument("--layout", choices=LAYOUTS, default=None, help=texts.CLI_LAYOUT)
     parser.add_argument("--screenshot", type=Path, metavar="PNG", help=texts.CLI_SCREENSHOT)
     return parser.parse_args(argv)
 
@@ -75,13 +77,16 @@ def launch(args: argparse.Namespace, settings: Settings | None = None):
     overrides = {k: v for k, v in (("timestep", args.timestep), ("threshold", args.threshold)) if v is not None}
     window.state.set(**overrides)
     window.pinned_settings = set(overrides)
+    if args.layout is not None:
+        window.state.set(layout=args.layout)
     window.show()
     if settings.warning:
         print(settings.warning, file=sys.stderr)
         window.show_warning(settings.warning)
     volume, checkpoint, volume_note, checkpoint_note = startup_files(args)
     window.start(volume, checkpoint, device=args.device, slice_index=args.slice, volume_note=volume_note,
-                 checkpoint_note=checkpoint_note, auto_checkpoint=args.checkpoint is None, series=args.series)
+                 checkpoint_note=checkpoint_note, auto_checkpoint=args.checkpoint is None, series=args.series,
+                 reference=args.reference)
     return window
 
 

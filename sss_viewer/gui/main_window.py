@@ -1,4 +1,4 @@
-"""The main window: wires state, panels, controls and the inference worker; menus, status line, export, screenshot."""
+"""The main window: wires state, panels, planes, controls and the inference worker; menus, status line, screenshot."""
 
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ from .. import __version__
 from ..core.anomaly import CONSENSUS_TIMESTEPS
 from ..core.hygiene import MapOptions
 from ..core.resources import default_checkpoint
-from ..core.volume import NIFTI_SUFFIXES, VolumeError, file_stem, write_nifti
+from ..core.volume import NIFTI_SUFFIXES, VolumeError
 from . import texts
 from .controls import ControlPanel
 from .coords import voxel_at
+from .exports import ExportsMixin
 from .input_options import BrainMenu, ask_series, input_summary
 from .panels import ImagePanels, MarkedSlider, ScorePlot
 from .reading import ReadingRoom
@@ -36,19 +37,7 @@ RESTORED = ("timestep", "threshold", "postprocess", "consensus", "votes", "seed"
     "device", "mask_style", "mask_opacity", "layout")
 
 
-def _ranges(indices: list[int]) -> str:
-    """[3, 4, 5, 9] → '3–5, 9'."""
-    parts, start = [], None
-    for i, z in enumerate(indices):
-        if start is None:
-            start = z
-        if i + 1 == len(indices) or indices[i + 1] != z + 1:
-            parts.append(str(start) if start == z else f"{start}–{z}")
-            start = None
-    return ", ".join(parts)
-
-
-class MainWindow(QMainWindow):
+class MainWindow(ExportsMixin, QMainWindow):
     """Four linked panels, slice browser and score plot, controls; all model work goes through the worker."""
 
     result_shown = Signal(int)           # the panels now show this slice's result
@@ -84,6 +73,7 @@ class MainWindow(QMainWindow):
         self._checkpoint_note: str | None = None    # why no checkpoint was loaded at start
         self._error_box: QMessageBox | None = None
         self._volume_maps: tuple = (None, None)     # (settings key, VolumeMaps of the whole volume)
+        self._pending_reference: Path | None = None  # --reference: loaded once its volume is open
 
         self.threads = WorkerThread()
         self.worker = self.threads.worker  # its signals reach the slots below queued, on this (GUI) thread
@@ -254,9 +244,12 @@ class MainWindow(QMainWindow):
     # Opening
     def start(self, volume: Path | None, checkpoint: Path | None, device: str | None = None,
               slice_index: int | None = None, volume_note: str | None = None,
-              checkpoint_note: str | None = None, auto_checkpoint: bool = False, series: str | None = None) -> None:
-        """Begin with these files (either may be None, with a note saying why): checkpoint first, then the volume.
-        With auto_checkpoint, volumes opened later bring their own default checkpoint (demo or general)."""
+              checkpoint_note: str | None = None, auto_checkpoint: bool = False, series: str | None = None,
+              reference: Path | None = None) -> None:
+        """Begin with these files (either may be None, with a note saying why): checkpoint first, then the volume,
+        then a reference segmentation on its grid. With auto_checkpoint, volumes opened later bring their own
+        default checkpoint (demo or general)."""
+        self._pending_reference = reference
         if device is not None:
             self.state.set(device=device)
         self._initial_slice = slice_index
@@ -446,6 +439,9 @@ class MainWindow(QMainWindow):
             z = None
         self.go_to_slice((first + last) // 2 if z is None else z)
         self._refresh_scores()
+        reference, self._pending_reference = self._pending_reference, None
+        if reference is not None:
+            self.load_reference(reference)
 
     @Slot(int, int, object)
     def _on_slice_ready(self, request_id: int, session_key: int, view: SliceView) -> None:
@@ -457,6 +453,7 @@ class MainWindow(QMainWindow):
     def _on_failed(self, kind: str, job, message: str) -> None:
         if kind == "volume":
             text = texts.ERROR_VOLUME.format(message=message)
+            self._pending_reference = None                  # it belonged to the volume that failed
             self._restore_auto_checkpoint()
         elif kind == "checkpoint":
             text = texts.ERROR_CHECKPOINT.format(message=message)
@@ -576,8 +573,10 @@ class MainWindow(QMainWindow):
         brief = self._options_brief()
         if brief:
             mask += texts.PANEL_HYGIENE.format(options=brief)
-        if self.state.persist and self.volume_mask() is not None:
-            mask += texts.PANEL_MASK_PERSIST.format(n=self.state.persist)
+        if self.state.persist:
+            done = self.volume_mask() is not None
+            persist = texts.PANEL_MASK_PERSIST if done else texts.PANEL_MASK_PERSIST_PENDING
+            mask += persist.format(n=self.state.persist)
         suffix = ""
         if self.session is not None and self.session.model_volume is not None:
             if self.session.model is None:
@@ -885,150 +884,6 @@ class MainWindow(QMainWindow):
         then, self._after_run = self._after_run, None
         if then is not None and completed:
             then()
-
-    # Export
-    def _computed_slices(self) -> list[int]:
-        scores = self._scores_for(self.timesteps(), self.state.seed)
-        return [int(z) for z in np.flatnonzero(np.isfinite(scores))]
-
-    def missing_slices(self) -> list[int]:
-        """Brain slices with no result yet for the current settings."""
-        if self.session is None or self.session.model_volume is None:
-            return []
-        first, last = self.session.model_volume.slice_range
-        done = set(self._computed_slices())
-        return [z for z in range(first, last + 1) if z not in done]
-
-    def export_nifti(self, folder: str | Path, compute_missing: bool) -> list[Path] | None:
-        """Write <stem>_mask.nii.gz and <stem>_error.nii.gz on the input's grid.
-
-        compute_missing: run the missing brain slices first (written when the run ends, returns None),
-        or write now with only the computed slices (the others are 0).
-        """
-        if self.session is None or self.session.volume is None:
-            self.show_error(texts.ERROR_EXPORT.format(message=texts.ERROR_NO_VOLUME))
-            return None
-        if compute_missing and self.missing_slices():
-            if self._run is None and not self.run_whole_volume():
-                return self._write_exports(Path(folder))
-            self._after_run = lambda: self._write_exports(Path(folder))
-            self.statusBar().showMessage(texts.EXPORT_RUNNING.format(n=len(self.missing_slices())))
-            return None
-        return self._write_exports(Path(folder))
-
-    def _write_exports(self, folder: Path) -> list[Path] | None:
-        s = self.session
-        mv, volume = s.model_volume, s.volume
-        computed = self._computed_slices()
-        if not computed:
-            self.show_error(texts.ERROR_EXPORT.format(message=texts.ERROR_NOTHING_TO_EXPORT))
-            return None
-        S = mv.image_size
-        heat = np.zeros((mv.n_slices, S, S), np.float32)  # (Z, S, S)
-        mask = np.zeros((mv.n_slices, S, S), bool)        # (Z, S, S)
-        for z in computed:
-            view = self._view(z)
-            heat[z] = view.heat
-            mask[z] = view.mask(self.state.threshold, self.state.postprocess, self.state.votes)
-        persistent = self.volume_mask()
-        if persistent is not None:
-            mask = persistent
-        stem = file_stem(volume.path) if volume.path else texts.UNNAMED_VOLUME
-        try:
-            mask_path = write_nifti(mv.to_canonical(mask, "nearest"), volume, folder / f"{stem}_mask.nii.gz", "mask")
-            error_path = write_nifti(mv.to_canonical(heat, "linear"), volume, folder / f"{stem}_error.nii.gz",
-                                     "error")
-        except VolumeError as err:
-            self.show_error(texts.ERROR_EXPORT.format(message=err))
-            return None
-        first, last = mv.slice_range
-        n_brain = last - first + 1
-        if not self.missing_slices() and len(computed) == n_brain:
-            what = texts.EXPORT_ALL.format(n=n_brain)
-        else:
-            what = texts.EXPORT_PARTIAL.format(n=len(computed), ranges=_ranges(computed))
-        self.statusBar().showMessage(texts.STATUS_EXPORTED.format(mask=mask_path.name, error=error_path.name,
-                                                                  what=what))
-        self.exported.emit([mask_path, error_path])
-        return [mask_path, error_path]
-
-    def _export_nifti_dialog(self) -> None:
-        if self.session is None or self.session.volume is None:
-            self.show_error(texts.ERROR_EXPORT.format(message=texts.ERROR_NO_VOLUME))
-            return
-        folder = QFileDialog.getExistingDirectory(self, texts.DIALOG_EXPORT_FOLDER, self.settings["last_directory"])
-        if not folder:
-            return
-        missing = self.missing_slices()
-        compute = False
-        if missing:
-            first, last = self.session.model_volume.slice_range
-            box = QMessageBox(QMessageBox.Icon.Question, texts.EXPORT_MISSING_TITLE,
-                              texts.EXPORT_MISSING_TEXT.format(missing=len(missing), total=last - first + 1,
-                                                               computed=len(self._computed_slices())), parent=self)
-            run = box.addButton(texts.EXPORT_RUN_MISSING, QMessageBox.ButtonRole.AcceptRole)
-            existing = box.addButton(texts.EXPORT_EXISTING, QMessageBox.ButtonRole.AcceptRole)
-            box.addButton(QMessageBox.StandardButton.Cancel)
-            box.exec()
-            if box.clickedButton() not in (run, existing):
-                return
-            compute = box.clickedButton() is run
-        self.export_nifti(folder, compute)
-
-    def save_panels_png(self, path: str | Path) -> bool:
-        ok = self.panels.grab().save(str(path))
-        if ok:
-            self.statusBar().showMessage(texts.STATUS_PNG.format(path=path))
-        else:
-            self.show_error(texts.ERROR_EXPORT.format(message=texts.ERROR_PNG.format(path=path)))
-        return ok
-
-    def _export_png_dialog(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, texts.DIALOG_SAVE_PNG, self.settings["last_directory"],
-                                              texts.FILTER_PNG)
-        if path:
-            self.save_panels_png(path if path.lower().endswith(".png") else path + ".png")
-
-    def export_report(self, path: str | Path, compute_missing: bool = True) -> Path | None:
-        """Write the PDF report of the whole volume at the current settings; missing brain slices are computed first
-        when compute_missing (the report is written when that run ends: returns None), else it is an error."""
-        s = self.session
-        if s is None or s.volume is None or s.model is None:
-            self.show_error(texts.ERROR_REPORT.format(message=texts.ERROR_NO_MODEL if s and s.volume
-                                                      else texts.ERROR_NO_VOLUME))
-            return None
-        missing = self.missing_slices()
-        if not missing:
-            return self.reading.write_report(path)
-        if not compute_missing:
-            self.show_error(texts.ERROR_REPORT.format(message=texts.ERROR_REPORT_INCOMPLETE))
-            return None
-        if self._run is None:
-            self.run_whole_volume()
-        self._after_run = lambda: self.reading.write_report(path)
-        self.statusBar().showMessage(texts.REPORT_RUNNING.format(n=len(missing)))
-        return None
-
-    def _export_report_dialog(self) -> None:
-        if self.session is None or self.session.volume is None:
-            self.show_error(texts.ERROR_REPORT.format(message=texts.ERROR_NO_VOLUME))
-            return
-        volume = self.session.volume
-        stem = file_stem(volume.path) if volume.path else texts.UNNAMED_VOLUME
-        suggested = str(Path(self.settings["last_directory"] or ".") / f"{stem}_report.pdf")
-        path, _ = QFileDialog.getSaveFileName(self, texts.DIALOG_SAVE_REPORT, suggested, texts.FILTER_PDF)
-        if not path:
-            return
-        path = path if path.lower().endswith(".pdf") else path + ".pdf"
-        missing = self.missing_slices()
-        if missing:
-            first, last = self.session.model_volume.slice_range
-            answer = QMessageBox.question(self, texts.REPORT_MISSING_TITLE,
-                                          texts.REPORT_MISSING_TEXT.format(missing=len(missing),
-                                                                           total=last - first + 1))
-            if answer != QMessageBox.StandardButton.Yes:
-                return
-        self.export_report(path)
 
     def load_reference(self, path: str | Path) -> bool:
         """Show a segmentation on the input's grid beside the mask, with its overlap; an error dialog otherwise."""
