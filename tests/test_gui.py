@@ -595,7 +595,8 @@ def test_brain_mask_file_outline_and_modality_warning(qtbot, files, tmp_path):
 
 
 def test_dicom_folder_by_drop_with_series_dialog(qtbot, window, tmp_path, monkeypatch):
-    """A dropped study folder with two fitting series: the viewer asks which (a dialog), then reads that one."""
+    """A dropped study folder with two fitting series: the worker lists them (the window stays responsive), the
+    viewer asks which (a dialog), then reads that one."""
     from dicom_files import write_image
     from sss_viewer.gui import input_options
 
@@ -622,6 +623,7 @@ def test_dicom_folder_by_drop_with_series_dialog(qtbot, window, tmp_path, monkey
     assert enter.isAccepted()
     QApplication.sendEvent(w, QDropEvent(QPointF(50, 50), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
                                          Qt.KeyboardModifier.NoModifier, QEvent.Type.Drop))
+    assert "Listing the DICOM series" in w.statusBar().currentMessage() and not offered   # on the worker, not here
     wait_for(qtbot, lambda: w.session.key != key and w.shown is not None)
     assert offered == ['#4 "t1_mprage_ax" 64 images 32×28', '#9 "t2_tse_ax" 60 images 32×28']
     scan = w.session.scan

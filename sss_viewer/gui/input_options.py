@@ -8,8 +8,8 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QAction, QActionGroup
 from PySide6.QtWidgets import QFileDialog, QInputDialog, QMenu, QWidget
 
-from ..core.dicom import pick_series
-from ..core.inputs import SKULL_MODES, folder_series
+from ..core.dicom import Series, pick_series
+from ..core.inputs import SKULL_MODES
 from ..core.modality import check_modality
 from ..core.volume import VolumeError
 from . import texts
@@ -66,13 +66,13 @@ class BrainMenu(QObject):
         return InputOptions(series=series, skull=self.skull, brain_mask=self.brain_mask)
 
 
-def ask_series(parent: QWidget, folder: Path, ask: bool = True) -> str | None:
-    """The series to read from a DICOM folder: None when one is the obvious choice, else the user's pick.
+def ask_series(parent: QWidget, folder: Path, series: list[Series], ask: bool = True) -> str | None:
+    """The series to read from a DICOM folder's listed series: None when one is the obvious choice, else the
+    user's pick.
 
-    Raises VolumeError when the folder cannot be listed, when it is ambiguous and asking is not allowed, or
-    when the user cancels (the message then says so).
+    Raises VolumeError when the folder is ambiguous and asking is not allowed, or when the user cancels (the
+    message then says so).
     """
-    series = folder_series(folder)
     try:
         pick_series(series, None)
         return None

@@ -78,6 +78,7 @@ class MainWindow(ExportsMixin, QMainWindow):
         self.threads = WorkerThread()
         self.worker = self.threads.worker  # its signals reach the slots below queued, on this (GUI) thread
         self.worker.session_changed.connect(self._on_session)
+        self.worker.series_listed.connect(self._on_series_listed)
         self.worker.slice_ready.connect(self._on_slice_ready)
         self.worker.run_progress.connect(self._on_run_progress)
         self.worker.run_finished.connect(self._on_run_finished)
@@ -274,11 +275,24 @@ class MainWindow(ExportsMixin, QMainWindow):
         """Open a NIfTI file or a DICOM folder (asking for the series when several fit), read as the brain menu says."""
         path = Path(path)
         if path.is_dir() and series is None:
-            try:
-                series = ask_series(self, path, ask=not self._read_only)
-            except VolumeError as err:
-                self.show_error(texts.ERROR_VOLUME.format(message=err), str(err))
-                return
+            self.statusBar().showMessage(texts.STATUS_LISTING.format(name=path.name))
+            self.worker.list_series(path)                   # answered by _on_series_listed
+            return
+        self._open_read(path, series)
+
+    @Slot(object, object)
+    def _on_series_listed(self, folder: Path, series: list) -> None:
+        """A DICOM folder's series, listed on the worker: open the obvious one, or the one the user picks."""
+        try:
+            chosen = ask_series(self, folder, series, ask=not self._read_only)
+        except VolumeError as err:
+            self._pending_reference = None
+            self.show_error(texts.ERROR_VOLUME.format(message=err), str(err))
+            return
+        self._open_read(folder, chosen)
+
+    def _open_read(self, path: Path, series: str | None) -> None:
+        """Read a NIfTI file or a DICOM folder's series (None: the obvious one) on the worker."""
         self.statusBar().showMessage(texts.STATUS_OPENING.format(name=path.name))
         if self._auto_checkpoint:
             try:
@@ -451,7 +465,7 @@ class MainWindow(ExportsMixin, QMainWindow):
 
     @Slot(str, object, str)
     def _on_failed(self, kind: str, job, message: str) -> None:
-        if kind == "volume":
+        if kind in ("volume", "series"):
             text = texts.ERROR_VOLUME.format(message=message)
             self._pending_reference = None                  # it belonged to the volume that failed
             self._restore_auto_checkpoint()

@@ -17,7 +17,7 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 from ..core.anomaly import Detector, resolve_device
 from ..core.checkpoint import LoadedCheckpoint, Recommended, load_checkpoint
 from ..core.config import PRESETS, Preset, PreprocessConfig
-from ..core.inputs import Scan, open_scan
+from ..core.inputs import Scan, folder_series, open_scan
 from ..core.volume import ModelVolume, Volume, prepare
 from . import texts
 from .results import ResultCache, SliceResult
@@ -103,6 +103,11 @@ class _OpenVolume:
 
 
 @dataclass(frozen=True)
+class _ListSeries:
+    path: Path
+
+
+@dataclass(frozen=True)
 class _LoadCheckpoint:
     path: Path
     device: str
@@ -118,7 +123,7 @@ class _SetDraws:
     draws: int
 
 
-_KINDS = {_OpenVolume: "volume", _LoadCheckpoint: "checkpoint", _SetDevice: "device", _SetDraws: "draws",
+_KINDS = {_OpenVolume: "volume", _ListSeries: "series", _LoadCheckpoint: "checkpoint", _SetDevice: "device", _SetDraws: "draws",
           SliceRequest: "slice",
           VolumeRun: "run"}
 
@@ -144,7 +149,8 @@ class InferenceWorker(QObject):
     slice_ready = Signal(int, int, object)        # request id, session key, SliceView
     run_progress = Signal(int, int, int, object)  # run id, done, total, slice indices just computed
     run_finished = Signal(int, bool, int, float)  # run id, completed, done, seconds
-    failed = Signal(str, object, str)             # kind (volume, checkpoint, device, slice, run), job, message
+    series_listed = Signal(object, object)        # DICOM folder, its series (dicom.Series list)
+    failed = Signal(str, object, str)             # kind (volume, series, checkpoint, ...), job, message
 
     def __init__(self):
         super().__init__()
@@ -185,6 +191,10 @@ class InferenceWorker(QObject):
 
     def open_volume(self, path: str | Path, options: InputOptions = InputOptions()) -> None:
         self._push(_OpenVolume(Path(path), options))
+
+    def list_series(self, folder: str | Path) -> None:
+        """Read a DICOM folder's headers here, off the GUI thread (a large study takes seconds)."""
+        self._push(_ListSeries(Path(folder)))
 
     def load_checkpoint(self, path: str | Path, device: str) -> None:
         self._push(_LoadCheckpoint(Path(path), device))
@@ -252,6 +262,8 @@ class InferenceWorker(QObject):
         try:
             if isinstance(job, _OpenVolume):
                 self._open_volume(job)
+            elif isinstance(job, _ListSeries):
+                self.series_listed.emit(job.path, folder_series(job.path))
             elif isinstance(job, _LoadCheckpoint):
                 self._load_checkpoint(job)
             elif isinstance(job, _SetDevice):
