@@ -51,3 +51,34 @@ def test_cuda_request_without_cuda_is_a_clear_error(capsys):
         pytest.skip("this machine has CUDA")
     assert bench.main(["--device", "cuda"]) == 2
     assert "CUDA" in capsys.readouterr().err
+
+
+def test_bench_imports_no_qt():
+    """Every part but reading runs without a display toolkit: importing the bench loads no PySide6."""
+    import subprocess
+    import sys
+    code = "import sys; import sss_viewer.cli.bench; sys.exit('PySide6' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    assert "reading" in bench.PARTS and "reading" not in bench.DEFAULT_PARTS
+
+
+def test_reading_room_bench_needs_no_model(tmp_path, monkeypatch, capsys):
+    """The reading part on a small volume, with building a UNet made an error: maps, lesions, moves, report."""
+    from sss_viewer.core import unet
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the reading room bench built a model")
+    monkeypatch.setattr(unet.UNet, "__init__", no_model)
+    real = bench.bench_reading
+    monkeypatch.setattr(bench, "bench_reading", lambda moves, repeats: real(
+        shape=(48, 44, 30), preset_name="tiny", blobs=8, moves=4, repeats=1, widget_size=(600, 480)))
+    assert bench.main(["--device", "cpu", "--parts", "reading", "--json", str(tmp_path / "r.json")]) == 0
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["reading_shape"] == [48, 44, 30] and res["reading_lesions"] >= 1
+    for key in ("reading_canonical_mask_s", "reading_canonical_heat_s", "reading_lesion_list_s", "reading_report_s",
+                *(f"reading_move_ms_{stat}_{mode}" for stat in ("median", "p95") for mode in ("contour", "fill", "heat"))):
+        assert res[key] > 0, key
+    for mode in ("contour", "fill", "heat"):
+        assert res[f"reading_paints_per_move_{mode}"] >= 3, mode     # every move drew all three planes
+    assert res["reading_report_pages"] >= 1 + min(res["reading_lesions"], 5)   # front page + a page per region
+    assert "noise_speedup" not in res and "Reading room, no model" in capsys.readouterr().out

@@ -1,4 +1,5 @@
-"""sss-bench: simplex noise, single-step vs iterative, whole-volume throughput and memory, side by side in one run."""
+"""sss-bench: simplex noise, single-step vs iterative, whole-volume throughput and memory, side by side in one run;
+and, when asked for (--parts reading), the viewer's reading room on a whole volume, without the model."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from ..core.anomaly import (DEFAULT_BATCH, DEFAULT_TIMESTEP, Detector, describe_
 from ..core.config import PRESETS, NoiseConfig
 from ..core.simplex import forget_geometry, octave_noise
 from ..core.unet import UNet
-from ..core.volume import prepare
+from ..core.volume import ModelVolume, Volume, prepare
 
 
 def _sync(device: torch.device) -> None:
@@ -254,6 +255,156 @@ def bench_volume(preset_name: str, device: torch.device, n_slices: int, batch: i
             "volume_compiled": compile, "volume_precision": det.precision, **best}
 
 
+def synthetic_findings(mv: ModelVolume, n_blobs: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A model-space heat map (Z, S, S) float32 and mask (Z, S, S) bool for `mv`: a faint background error in the
+    brain, and `n_blobs` ellipsoidal blobs (radii 1 to 10 model pixels, geometric steps; as thick in mm across
+    slices) centred at random brain voxels of the kept slices, each masked inside and glowing around (heat peak
+    0.3 to 1, Gaussian fall-off). Blobs may touch, so the lesion list can hold fewer regions. Both 0 outside the
+    slice range, as a whole-volume run leaves them."""
+    rng = np.random.default_rng(seed)
+    n_z, s, _ = mv.data.shape
+    first, last = mv.slice_range
+    brain = mv.brain_mask.copy()                                              # (Z, S, S)
+    brain[:first], brain[last + 1:] = False, False
+    heat = np.where(brain, rng.gamma(1.0, 0.01, brain.shape), 0).astype(np.float32)   # (Z, S, S)
+    mask = np.zeros(brain.shape, bool)
+    centres = np.argwhere(brain)                                              # (m, 3) brain voxels
+    slices_per_px = mv.pixel_mm / mv.spacing[2]
+    for r, peak in zip(np.geomspace(1.0, 10.0, n_blobs), rng.uniform(0.3, 1.0, n_blobs)):
+        cz, cv, cu = centres[rng.integers(len(centres))]
+        rz, reach = r * slices_per_px, 2.0                                    # the glow reaches 2 radii
+        box = tuple(slice(max(0, int(c - reach * rad)), min(n, int(c + reach * rad) + 2))
+                    for c, rad, n in ((cz, rz, n_z), (cv, r, s), (cu, r, s)))
+        z, v, u = np.ogrid[box]
+        d2 = ((z - cz) / rz) ** 2 + ((v - cv) / r) ** 2 + ((u - cu) / r) ** 2     # box-shaped, squared radii
+        inside = brain[box]
+        mask[box] |= (d2 <= 1) & inside
+        heat[box] = np.maximum(heat[box], np.where(inside, peak * np.exp(-d2), 0).astype(np.float32))
+    return heat, mask
+
+
+def _cursor_path(n: int, lows: tuple[int, int, int], highs: tuple[int, int, int]) -> list[tuple[int, int, int]]:
+    """n cursor positions (z, v, u), each one voxel on from the last along every axis, bouncing between lows and
+    highs (inclusive), from the middle: every move changes all three planes."""
+    def bounce(i: int, lo: int, hi: int) -> int:
+        span = max(hi - lo, 1)
+        k = (i + span // 2) % (2 * span)
+        return lo + (k if k <= span else 2 * span - k)
+    return [tuple(bounce(i, lo, hi) for lo, hi in zip(lows, highs)) for i in range(1, n + 1)]
+
+
+def bench_reading(shape: tuple[int, int, int] = (240, 240, 155), preset_name: str = "small", blobs: int = 40,
+                  moves: int = 200, repeats: int = 5, widget_size: tuple[int, int] = (1000, 800)) -> dict:
+    """The viewer's reading room on a synthetic volume, without any model call (nothing is built or loaded).
+
+    A canonical volume of `shape` (X, Y, Z) voxels of 1 mm (BraTS: 240 x 240 x 155), prepared at the preset's
+    preprocessing, and model-space results from synthetic_findings with `blobs` blobs. Times, median of
+    `repeats` runs (after one untimed): the results mapped back to the canonical grid (VolumeMaps.canonical_mask
+    and canonical_heat, as the lesion table, overlap and report use them) and lesion_list on them. Then
+    OrthoViews shown at widget_size: `moves` crosshair moves (each one voxel along all three axes, so all three
+    planes are sliced and drawn again), each set_cursor + processEvents + a synchronous repaint, in ms per move
+    (median and 95th percentile) and the planes' paint events per move, with the mask overlay as contour, as
+    fill, and the heat overlay. Last, write_report to a temporary PDF with every region listed (its MAX_REGIONS
+    largest get a page): seconds, pages, bytes. Qt is imported here only (ensure_app: offscreen unless
+    QT_QPA_PLATFORM says otherwise).
+    """
+    import tempfile
+    from datetime import datetime
+
+    from PySide6.QtCore import QEvent, QObject
+
+    from ..core.lesions import lesion_list
+    from ..gui.planes import OrthoViews
+    from ..gui.report import ReportContent, ensure_app, write_report
+    from ..gui.results import VolumeMaps
+
+    preset = PRESETS[preset_name]
+    x, y, z = shape
+    data = synthetic_volume(z, max(x, y))[:x, :y]                             # (X, Y, Z)
+    volume = Volume.from_array(data, name="synthetic volume")
+    start = time.perf_counter()
+    mv = prepare(volume, preset.preprocess)
+    prepare_s = time.perf_counter() - start
+    heat, mask = synthetic_findings(mv, blobs)                                # (Z, S, S) each
+
+    def median_of(fn: Callable[[], object]) -> float:
+        fn()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return float(np.median(times))
+    to_mask_s = median_of(lambda: VolumeMaps(mv, volume, heat, mask).canonical_mask)
+    to_heat_s = median_of(lambda: VolumeMaps(mv, volume, heat, mask).canonical_heat)
+    maps = VolumeMaps(mv, volume, heat, mask)
+    c_mask, c_heat = maps.canonical_mask, maps.canonical_heat                 # (X, Y, Z)
+    lesions_s = median_of(lambda: lesion_list(c_mask, c_heat, volume))
+    lesions = lesion_list(c_mask, c_heat, volume)
+
+    class PaintCounter(QObject):
+        """Counts the paint events of the planes' image areas (the proof that a move drew them)."""
+        paints = 0
+
+        def eventFilter(self, watched, event) -> bool:
+            self.paints += event.type() == QEvent.Type.Paint
+            return False
+
+    app = ensure_app()
+    planes = OrthoViews()
+    planes.resize(*widget_size)
+    planes.show()
+    counter = PaintCounter()
+    for view in planes.views.values():
+        view.canvas.viewport().installEventFilter(counter)
+    planes.set_volume(mv.data, mv.spacing[2] / mv.pixel_mm)
+    planes.set_overlay(heat, mask)
+    app.processEvents()
+    brain = np.argwhere(mv.brain_mask[mv.slice_range[0]:mv.slice_range[1] + 1])   # the kept slices' brain
+    lows = tuple(int(v) for v in brain.min(axis=0) + (mv.slice_range[0], 0, 0))
+    highs = tuple(int(v) for v in brain.max(axis=0) + (mv.slice_range[0], 0, 0))
+    path = _cursor_path(moves + 10, lows, highs)                              # the first 10 untimed
+    out = {"reading_shape": list(shape), "reading_preset": preset_name, "reading_model_size": mv.image_size,
+           "reading_blobs": blobs, "reading_mask_fraction": float(mask.mean()), "reading_lesions": len(lesions),
+           "reading_prepare_s": prepare_s, "reading_canonical_mask_s": to_mask_s,
+           "reading_canonical_heat_s": to_heat_s, "reading_lesion_list_s": lesions_s, "reading_moves": moves,
+           "reading_widget_size": list(widget_size)}
+    try:
+        for mode, style in (("contour", "contour"), ("fill", "fill"), ("heat", "contour")):
+            planes.overlay_combo.setCurrentIndex(planes.overlay_combo.findData("heat" if mode == "heat" else "mask"))
+            planes.set_mask_style(style, 0.6)
+            times = []
+            for i, cursor in enumerate(path):
+                if i == 10:
+                    counter.paints = 0
+                start = time.perf_counter()
+                planes.set_cursor(*cursor)
+                app.processEvents()       # the scene's updates: each plane's image area is painted here
+                planes.repaint()          # and anything left, before the clock stops
+                if i >= 10:
+                    times.append(time.perf_counter() - start)
+            ms = 1e3 * np.array(times)
+            out[f"reading_paints_per_move_{mode}"] = counter.paints / moves
+            out[f"reading_move_ms_median_{mode}"] = float(np.median(ms))
+            out[f"reading_move_ms_p95_{mode}"] = float(np.percentile(ms, 95))
+    finally:
+        planes.close()
+        planes.deleteLater()
+        app.processEvents()
+
+    content = ReportContent(title="synthetic volume", input_lines=[("Input", " × ".join(map(str, shape)) + " voxels")],
+                            model_lines=[("Model", "none: synthetic results")], settings_lines=[],
+                            volume=volume, heat=c_heat, mask=c_mask, lesions=lesions, window=None,
+                            created=datetime.now())
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.pdf"
+        start = time.perf_counter()
+        pages = write_report(report, content)
+        out["reading_report_s"] = time.perf_counter() - start
+        out["reading_report_pages"], out["reading_report_bytes"] = pages, report.stat().st_size
+    return out
+
+
 def print_table(title: str, rows: list[tuple[str, str]]) -> None:
     print(f"\n## {title}")
     width = max(len(k) for k, _ in rows)
@@ -261,7 +412,8 @@ def print_table(title: str, rows: list[tuple[str, str]]) -> None:
         print(f"  {k:<{width}}  {v}")
 
 
-PARTS = ("noise", "sss", "throughput", "volume", "compile")
+PARTS = ("noise", "sss", "throughput", "volume", "compile", "reading")
+DEFAULT_PARTS = PARTS[:-1]   # reading measures the viewer (Qt), not the engine: only when asked for
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -271,9 +423,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer fields, slices and batch sizes")
     parser.add_argument("--no-compile", dest="compile", action="store_false",
                         help="CUDA: leave out the torch.compile variants (their compilation takes minutes)")
-    parser.add_argument("--parts", type=lambda v: v.split(","), default=list(PARTS), metavar="P1,P2",
-                        help=f"measure only these parts, of {','.join(PARTS)} (default all; the matrix-product "
-                             "peak is always measured)")
+    parser.add_argument("--parts", type=lambda v: v.split(","), default=list(DEFAULT_PARTS), metavar="P1,P2",
+                        help=f"measure only these parts, of {','.join(PARTS)} (default all but reading, the "
+                             "viewer's planes, lesion list and report without the model, which needs Qt; the "
+                             "matrix-product peak is always measured)")
     args = parser.parse_args(argv)
     if unknown := set(args.parts) - set(PARTS):
         parser.error(f"unknown part(s) {', '.join(sorted(unknown))}; choose from {','.join(PARTS)}")
@@ -327,6 +480,9 @@ def main(argv: list[str] | None = None) -> int:
                         [(k, f"{vol[k]:.3f} s") for k in ("preprocess_s", "noise_s", "model_s", "postprocess_s",
                                                           "map_back_s", "volume_total_s")])
             save()
+    if "reading" in args.parts:
+        reading_part(res, args.quick)
+        save()
     if cuda and args.compile and "compile" in args.parts:   # last: compiling a UNet takes a minute or more
         for name in ("paper", "small"):
             tp = bench_throughput(name, device, [150], {"bf16+compile": {"bf16": True, "compile": True}})
@@ -390,6 +546,25 @@ def throughput_part(res: dict, name: str, device: torch.device, quick: bool, pea
         (f"{r['variant']}, batch {r['batch']}", f"{r['slices_per_s']:.2f} slices/s, {r['tflops'] * 1e3:.1f} "
          f"GFLOP/s ({100 * r['peak_fraction']:.1f}% of its type's matmul peak), peak {r['peak_mem_mb']:.0f} MB")
         for r in tp["rows"]])
+
+
+def reading_part(res: dict, quick: bool) -> None:
+    """The reading room on a BraTS-sized volume (240 x 240 x 155, 1 mm) at the small preset; no model call."""
+    r = bench_reading(moves=50 if quick else 200, repeats=3 if quick else 5)
+    res.update(r)
+    x, y, z = r["reading_shape"]
+    w, h = r["reading_widget_size"]
+    print_table(f"Reading room, no model: {x}x{y}x{z} volume, {r['reading_preset']} preset "
+                f"({r['reading_model_size']}^2 model space), {r['reading_lesions']} regions", [
+        ("results to the canonical grid: mask / heat (s)",
+         f"{r['reading_canonical_mask_s']:.3f} / {r['reading_canonical_heat_s']:.3f}"),
+        ("lesion list (s)", f"{r['reading_lesion_list_s']:.3f}")] + [
+        (f"crosshair move, 3 planes at {w}x{h}, {mode} (ms)",
+         f"median {r[f'reading_move_ms_median_{mode}']:.1f}, 95th percentile {r[f'reading_move_ms_p95_{mode}']:.1f} "
+         f"({r['reading_moves']} moves, {r[f'reading_paints_per_move_{mode}']:.2f} plane paints each)")
+        for mode in ("contour", "fill", "heat")] + [
+        ("PDF report (s)", f"{r['reading_report_s']:.2f}, {r['reading_report_pages']} pages, "
+                           f"{r['reading_report_bytes'] / 1e6:.1f} MB")])
 
 
 if __name__ == "__main__":
