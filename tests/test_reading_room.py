@@ -121,6 +121,9 @@ def test_reference_overlay_counts_dice_precision_and_recall(qtbot, computed, tmp
     assert (f"volume: Dice {2 * tp / (2 * tp + fp):.3f} · precision {tp / (tp + fp):.3f} · recall 1.000"
             in text)                                                    # hand count on the input's voxels
 
+    assert w.load_reference(ref_path) and w.reading.reference is not ref   # the same file again: counted anew
+    assert w.reading.overlap_label.text() == text
+    ref = w.reading.reference
     other = tmp_path / "other_grid.nii.gz"                              # another grid: refused, the old one kept
     nib.save(nib.Nifti1Image(np.zeros((5, 6, 7), np.uint8), np.eye(4)), str(other))
     assert not w.load_reference(other)

@@ -27,9 +27,10 @@ if TYPE_CHECKING:
 REFRESH_MS = 150   # whole-volume maps, lesions and overlap follow a slider drag this long after it stops
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Reference:
-    """A segmentation on the input's grid, shown beside the mask and compared with it."""
+    """A segmentation on the input's grid, shown beside the mask and compared with it (equal only to itself: it holds
+    arrays)."""
     path: Path
     canonical: np.ndarray   # (X, Y, Z) bool, the input's canonical grid
     model: np.ndarray       # (Z, S, S) bool, nearest-neighbour in model space (what the views draw)
