@@ -48,3 +48,16 @@ def tiny_checkpoint(tmp_path_factory):
         return path
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _collect_on_main_thread():
+    """Once a viewer has confined the cycle collector to the GUI thread, run its due collections between tests."""
+    yield
+    import sys
+    if "PySide6.QtCore" in sys.modules:
+        from PySide6.QtCore import QCoreApplication
+        app = QCoreApplication.instance()
+        collector = getattr(app, "sss_gc_collector", None) if app is not None else None
+        if collector is not None:
+            collector.collect_if_due()

@@ -20,6 +20,7 @@ from ..core.config import PRESETS, Preset, PreprocessConfig
 from ..core.inputs import Scan, folder_series, open_scan
 from ..core.volume import ModelVolume, Volume, prepare
 from . import texts
+from .gc_guard import collect_on_gui_thread
 from .results import ResultCache, SliceResult
 
 CPU_CHUNK = 4  # default slices per model call in whole-volume runs on the CPU: keeps cancel and scrolling snappy
@@ -422,6 +423,7 @@ class WorkerThread:
     thread: QThread = field(default_factory=QThread)
 
     def start(self) -> None:
+        collect_on_gui_thread()
         self.worker.moveToThread(self.thread)
         self.thread.started.connect(self.worker.loop)
         self.thread.start()
