@@ -14,6 +14,8 @@ from sss_viewer.core.hygiene import MapOptions
 from sss_viewer.core.volume import load_volume, prepare
 from trainer import calibrate as cal
 
+RAS_1MM = np.array([[1.0, 0, 0, -8], [0, 1, 0, -8], [0, 0, 1, -8], [0, 0, 0, 1]])  # not the identity, which warns
+
 
 def test_flagged_share_by_hand():
     brain = np.zeros((1, 12, 12), bool)
@@ -31,7 +33,7 @@ def brain(path: Path, seed: int) -> Path:
     g = np.indices((30, 30, 12), dtype=np.float64)
     inside = ((g[0] - 14.5) / 13) ** 2 + ((g[1] - 14.5) / 12) ** 2 < 1
     data = np.where(inside, 100 + 10 * rng.normal(size=g[0].shape), 0).astype(np.float32)
-    nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
+    nib.save(nib.Nifti1Image(data, RAS_1MM), str(path))
     return path
 
 

@@ -20,6 +20,8 @@ from trainer import figures
 from trainer.baselines import IntensityBaseline, budget_threshold
 from trainer.png import write_png
 
+RAS_1MM = np.array([[1.0, 0, 0, -8], [0, 1, 0, -8], [0, 0, 1, -8], [0, 0, 0, 1]])  # not the identity, which warns
+
 NO_MARGIN = PreprocessConfig(image_size=32, margin=0.0)  # 32 mm brain box: 1 mm model pixels, canonical flipped
 
 
@@ -34,8 +36,8 @@ def synthetic_case(tmp_path: Path, name: str = "case", lesion: bool = True,
         mask[10:18, 12:20, 2:6] = 2          # any label > 0 is anomalous
     if blob is not None:
         image[10:18, 12:20, 2:6] = blob
-    nib.Nifti1Image(image, np.eye(4)).to_filename(str(tmp_path / f"{name}.nii.gz"))
-    nib.Nifti1Image(mask, np.eye(4)).to_filename(str(tmp_path / f"{name}_seg.nii.gz"))
+    nib.Nifti1Image(image, RAS_1MM).to_filename(str(tmp_path / f"{name}.nii.gz"))
+    nib.Nifti1Image(mask, RAS_1MM).to_filename(str(tmp_path / f"{name}_seg.nii.gz"))
     return tmp_path / f"{name}.nii.gz", tmp_path / f"{name}_seg.nii.gz"
 
 

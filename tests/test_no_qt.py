@@ -63,7 +63,9 @@ def test_nifti_tools_run_without_pydicom_and_deepbet(tmp_path):
     import numpy as np
     g = np.indices((20, 24, 16)).astype(float)
     brain = np.where(((g - 10) ** 2).sum(axis=0) < 60, 100.0 + g[0], 0.0).astype(np.float32)
-    nib.Nifti1Image(brain, np.eye(4)).to_filename(str(tmp_path / "t1.nii.gz"))
+    affine = np.eye(4)
+    affine[:3, 3] = -8.0  # 1 mm RAS with an origin: the identity would warn
+    nib.Nifti1Image(brain, affine).to_filename(str(tmp_path / "t1.nii.gz"))
     out = subprocess.run([sys.executable, "-c", NO_DICOM_NO_DEEPBET, str(tmp_path / "t1.nii.gz")],
                          capture_output=True, text=True, cwd=Path(sss_viewer.core.__file__).parents[2])
     assert out.returncode == 0, out.stderr

@@ -125,7 +125,7 @@ def test_reference_overlay_counts_dice_precision_and_recall(qtbot, computed, tmp
     assert w.reading.overlap_label.text() == text
     ref = w.reading.reference
     other = tmp_path / "other_grid.nii.gz"                              # another grid: refused, the old one kept
-    nib.save(nib.Nifti1Image(np.zeros((5, 6, 7), np.uint8), np.eye(4)), str(other))
+    nib.save(nib.Nifti1Image(np.zeros((5, 6, 7), np.uint8), AFFINE), str(other))
     assert not w.load_reference(other)
     assert w._error_box.isVisible() and "not on the grid" in w._error_box.text()
     assert w.reading.reference is ref

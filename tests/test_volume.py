@@ -190,9 +190,12 @@ def test_background_level_handles_z_scored_data(brain):
     np.testing.assert_allclose(a.data, b.data, atol=1e-5)
 
 
+SCANNER_AFFINE = np.array([[1.0, 0, 0, -90], [0, 1, 0, -126], [0, 0, 1, -72], [0, 0, 0, 1]])  # 1 mm RAS, real origin
+
+
 def nifti(tmp_path: Path, data, name="x.nii.gz", affine=None) -> Path:
     path = tmp_path / name
-    nib.Nifti1Image(np.asarray(data), np.eye(4) if affine is None else affine).to_filename(str(path))
+    nib.Nifti1Image(np.asarray(data), SCANNER_AFFINE if affine is None else affine).to_filename(str(path))
     return path
 
 
@@ -252,6 +255,13 @@ def test_trailing_singleton_dimension_is_3d(tmp_path, recwarn):
     data = RNG.random((6, 7, 8, 1), dtype=np.float32)
     np.testing.assert_array_equal(load_volume(nifti(tmp_path, data)).data, data[..., 0])
     assert not recwarn.list
+
+
+def test_identity_affine_warns_that_the_orientation_may_be_lost(tmp_path):
+    data = RNG.random((6, 7, 8), dtype=np.float32)
+    with pytest.warns(UserWarning, match="identity affine.*check that the slices look axial"):
+        vol = load_volume(nifti(tmp_path, data, affine=np.eye(4)))
+    np.testing.assert_array_equal(vol.data, data)  # still read, as RAS
 
 
 def test_load_mask_checks_grid(brain, tmp_path):

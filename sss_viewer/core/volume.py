@@ -218,6 +218,10 @@ def _read(path: str | os.PathLike, allow_constant: bool) -> tuple[np.ndarray, ni
 def load_volume(path: str | os.PathLike) -> Volume:
     """Read a NIfTI-1/2 scan (.nii, .nii.gz), reoriented to canonical RAS+ by its affine; raises VolumeError."""
     native, img, name = _read(path, allow_constant=False)
+    if np.array_equal(img.affine, np.eye(4)):  # what a converter writes when the source had no geometry
+        warnings.warn(f"{name} has an identity affine (its orientation and voxel size were probably lost); its "
+                      "third voxel axis is taken as axial and its voxels as 1 mm: check that the slices look axial",
+                      stacklevel=2)
     return Volume._reorient(native, img.affine, img.header, Path(path), name)
 
 
