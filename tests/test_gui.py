@@ -664,20 +664,22 @@ def test_threshold_slider_marks_the_papers_and_the_checkpoints_thresholds(qtbot,
     w.controls.grab().save(str(tmp_path / "controls.png"))
 
 
-def test_3d_persistence_applies_after_a_whole_volume_run(qtbot, window, tmp_path):
-    """Per slice until every brain slice is computed; then regions spanning fewer slices than asked are dropped,
-    on screen and in the export, without a model call."""
+def test_3d_persistence_computes_the_whole_volume_by_itself_then_applies(qtbot, window, tmp_path):
+    """Switching 3-D regions on starts the whole-volume run; per slice until every brain slice is computed, then
+    regions spanning fewer slices than asked are dropped, on screen and in the export, without a model call."""
     from sss_viewer.core.hygiene import keep_persistent
     w = window
     w.worker.cpu_chunk = 16
     w.state.set(threshold=0.05, postprocess=False)                      # a noisy tiny model: many small regions
-    w.controls.persist_spin.setValue(3)
-    assert w.volume_mask() is None and "after “Run whole volume”" in w.panels.mask.title.text()
     z = w.state.slice
     per_slice = w.shown.mask(0.05, False, w.state.votes)
-    assert np.array_equal(w.panels._mask, per_slice)                    # not complete: the slice's own mask
-    with qtbot.waitSignal(w.run_done, timeout=60_000):
-        w.run_whole_volume()
+    assert not w.running
+    with qtbot.waitSignal(w.run_done, timeout=60_000) as done:
+        w.controls.persist_spin.setValue(3)
+        assert w.running and w.volume_mask() is None                    # started by itself, not complete yet
+        assert "when the volume is done" in w.panels.mask.title.text()
+        assert np.array_equal(w.panels._mask, per_slice)                # meanwhile: the slice's own mask
+    assert done.args == [True]
     calls = w.worker.model_calls
     first, last = w.session.model_volume.slice_range
     whole = np.stack([w.session.cache.view(k, w.timesteps(), w.state.seed).mask(0.05, False, w.state.votes)
@@ -690,8 +692,13 @@ def test_3d_persistence_applies_after_a_whole_volume_run(qtbot, window, tmp_path
     assert np.array_equal(w.panels._mask, per_slice) and w.worker.model_calls == calls
     plain = nib.load(str(w.export_nifti(tmp_path / "plain", compute_missing=False)[0])).get_fdata() > 0
     w.controls.persist_spin.setValue(3)
+    assert not w.running                                                # complete already: no second run
     kept = nib.load(str(w.export_nifti(tmp_path / "3d", compute_missing=False)[0])).get_fdata() > 0
     assert kept.sum() < plain.sum() and not (kept & ~plain).any()      # the export is the persistent mask
+    with qtbot.waitSignal(w.run_done, timeout=60_000):                  # another λ: its volume, by itself
+        w.state.set(timestep=w.state.timestep + 50)
+        assert w.running
+    assert w.volume_mask() is not None and w.worker.model_calls > calls
 
 
 def test_folder_without_a_usable_series_is_an_error_dialog(qtbot, window, tmp_path):
@@ -815,6 +822,7 @@ def test_checkpoint_map_options_set_the_controls_unless_pinned(qtbot, window, fi
     cleaned = MapOptions(median=3, erode=2).clean_map(raw.errors, mv.brain_mask[st.slice][None],
                                                       mv.data[st.slice][None], raw.recons)[0]
     assert np.allclose(w.panels.heat_image.image, cleaned)               # the result came from the worker raw
+    wait_for(qtbot, lambda: w.volume_mask() is not None, timeout=60_000)  # its 3-D regions: the volume, unasked
     w.close()
     assert Settings.load()["median"] == 3 and Settings.load()["erode"] == 2   # restored like persist
 

@@ -407,6 +407,7 @@ class MainWindow(ExportsMixin, QMainWindow):
             self._refresh_view()
             self._refresh_scores()
         self.reading.schedule()
+        self._complete_for_regions()
 
     def _model_loaded(self, session: Session) -> None:
         model, rec = session.model, session.model.recommended
@@ -538,10 +539,13 @@ class MainWindow(ExportsMixin, QMainWindow):
             self._refresh_view()
             self._refresh_scores()
             self.reading.schedule()
+            self._complete_for_regions()
         elif name in ("threshold", "postprocess", "votes", "persist"):
             self._refresh_mask()
             self._update_titles()
             self.reading.schedule()
+            if name == "persist":
+                self._complete_for_regions()
         elif name in HYGIENE:
             self._options_changed()
         elif name == "layout":
@@ -850,6 +854,14 @@ class MainWindow(ExportsMixin, QMainWindow):
         self.worker.run_volume(self._run)
         return True
 
+    def _complete_for_regions(self) -> None:
+        """3-D regions need every brain slice: while they are on, missing slices start the whole-volume run by
+        themselves (new volume, checkpoint or device, regions switched on, λ or seed changed, a run ended)."""
+        s = self.session
+        if (self.state.persist and self._run is None and s is not None and s.model is not None
+                and s.model_volume is not None and self.missing_slices()):
+            self.run_whole_volume()
+
     def cancel_run(self) -> None:
         self._after_run = None
         self.worker.cancel_run()
@@ -898,6 +910,8 @@ class MainWindow(ExportsMixin, QMainWindow):
         then, self._after_run = self._after_run, None
         if then is not None and completed:
             then()
+        if completed:
+            self._complete_for_regions()                        # λ or seed moved during the run
 
     def load_reference(self, path: str | Path) -> bool:
         """Show a segmentation on the input's grid beside the mask, with its overlap; an error dialog otherwise."""

@@ -104,10 +104,10 @@ SEED_LABEL = "Noise seed"
 DRAWS_LABEL = "Noise draws"
 PERSIST_LABEL = "3-D regions ≥"
 PERSIST_OFF = "off"
-PERSIST_TOOLTIP = ("After a whole-volume run: keep only mask regions that span at least this many slices in 3-D "
-                   "(connected through faces); until every brain slice is computed, masks stay per slice")
+PERSIST_TOOLTIP = ("Keep only mask regions that span at least this many slices in 3-D (connected through faces); "
+                   "the whole volume is computed for it by itself, and until it is, masks stay per slice")
 PANEL_MASK_PERSIST = ", 3-D regions ≥ {n} slices"
-PANEL_MASK_PERSIST_PENDING = " (3-D regions ≥ {n} slices after “Run whole volume”)"
+PANEL_MASK_PERSIST_PENDING = " (3-D regions ≥ {n} slices when the volume is done)"
 DRAWS_TOOLTIP = ("Average the reconstruction over this many single steps with different noise: a quieter heat map "
                  "for K model calls per slice")
 ERROR_DRAWS = "Could not change the number of noise draws.\n\n{message}"
