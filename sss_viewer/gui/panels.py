@@ -19,6 +19,7 @@ MASK_COLOR = (255, 64, 64)        # overlay fill
 CONTOUR_COLOR = (80, 255, 120)    # overlay contour: green stands out on grey and differs from the fill
 BRAIN_COLOR = (90, 200, 255)      # outline of an extracted brain (dashed): cyan, apart from the mask's green
 REFERENCE_COLOR = (255, 210, 0)   # outline of a loaded reference segmentation: yellow, apart from green and cyan
+MARKER_COLOR = (0, 230, 255)      # the hovered point echoed in the other panels
 LETTER_COLOR = "#f0c040"
 BAND_COLOR = QColor(90, 160, 255, 110)
 MARK_COLORS = (QColor(150, 150, 150), QColor(230, 120, 20))   # slider marks: the paper's value, the checkpoint's
@@ -115,7 +116,8 @@ class SlicePanel(QWidget):
 
 
 class ImagePanels(QWidget):
-    """Original, reconstruction, heat map and mask overlay, with zoom and pan linked across all four."""
+    """Original, reconstruction, heat map and mask overlay, with zoom, pan and the hovered point linked across all
+    four (a small cross marks it in the panels the mouse is not over)."""
 
     wheel_steps = Signal(int)
     level_drag = Signal(float, float, bool)
@@ -151,6 +153,15 @@ class ImagePanels(QWidget):
         for item in (self.mask_base, self.mask_fill, self.mask_contour, self.reference_contour):
             self.mask.view.addItem(item)
 
+        self.markers = []
+        for panel in self.panels:
+            marker = pg.ScatterPlotItem(size=15, symbol="+", pen=pg.mkPen(MARKER_COLOR, width=1.5), brush=None,
+                                        pxMode=True)
+            marker.setZValue(10)
+            marker.hide()
+            panel.view.addItem(marker)
+            self.markers.append(marker)
+
         main = self.original.view
         for panel in self.panels:
             if panel.view is not main:
@@ -175,11 +186,23 @@ class ImagePanels(QWidget):
             if panel.canvas.scene() is self.sender() and panel.view.sceneBoundingRect().contains(pos):
                 p = panel.view.mapSceneToView(pos)
                 if self._size and 0 <= p.x() < self._size and 0 <= p.y() < self._size:
+                    self.show_marker(p.x(), p.y(), under_mouse=panel)
                     self.hovered.emit(p.x(), p.y())
                     return
+        self.show_marker(None)
         self.left.emit()
 
+    def show_marker(self, x: float | None, y: float = 0.0, under_mouse: SlicePanel | None = None) -> None:
+        """Mark model point (x = column, y = row) in every panel but the one under the mouse; None hides them."""
+        for panel, marker in zip(self.panels, self.markers):
+            if x is None or panel is under_mouse:
+                marker.hide()
+            else:
+                marker.setData([x], [y])
+                marker.show()
+
     def leaveEvent(self, event) -> None:
+        self.show_marker(None)
         self.left.emit()
         super().leaveEvent(event)
 
@@ -205,6 +228,7 @@ class ImagePanels(QWidget):
         self.brain_contour.setData(None)
         self.reference_contour.setData(None)
         self._mask = None
+        self.show_marker(None)
         self.reset_view()
 
     def set_levels(self, low: float, high: float) -> None:
