@@ -664,7 +664,7 @@ def test_threshold_slider_marks_the_papers_and_the_checkpoints_thresholds(qtbot,
     w.controls.grab().save(str(tmp_path / "controls.png"))
 
 
-def test_3d_persistence_computes_the_whole_volume_by_itself_then_applies(qtbot, window, tmp_path):
+def test_3d_persistence_computes_the_whole_volume_by_itself_then_applies(qtbot, window, tmp_path, monkeypatch):
     """Switching 3-D regions on starts the whole-volume run; per slice until every brain slice is computed, then
     regions spanning fewer slices than asked are dropped, on screen and in the export, without a model call."""
     from sss_viewer.core.hygiene import keep_persistent
@@ -699,6 +699,23 @@ def test_3d_persistence_computes_the_whole_volume_by_itself_then_applies(qtbot, 
         w.state.set(timestep=w.state.timestep + 50)
         assert w.running
     assert w.volume_mask() is not None and w.worker.model_calls > calls
+    ended = []                                                          # λ dragged during a run: the old one stops,
+    w.run_done.connect(ended.append)                                    # the last λ's volume follows unasked
+    cancels = []
+    cancel = w.worker.cancel_run
+    monkeypatch.setattr(w.worker, "cancel_run", lambda: (cancels.append(w._run), cancel()))
+    w.state.set(timestep=w.state.timestep + 50)
+    first = w._run
+    w.state.set(timestep=w.state.timestep + 50)
+    assert cancels == [first] and first.timesteps != w.timesteps()     # asked to stop at once
+    wait_for(qtbot, lambda: len(ended) == 2, timeout=60_000)            # the first stopped (or had just ended)
+    assert ended[1] is True and not w.running
+    assert w.volume_mask() is not None and not w.missing_slices()
+    w.state.set(timestep=w.state.timestep + 50)                          # Cancel by the user: nothing restarts
+    w.cancel_run()
+    wait_for(qtbot, lambda: not w.running)
+    qtbot.wait(200)
+    assert not w.running and w.volume_mask() is None
 
 
 def test_folder_without_a_usable_series_is_an_error_dialog(qtbot, window, tmp_path):

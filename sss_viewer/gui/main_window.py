@@ -64,6 +64,7 @@ class MainWindow(ExportsMixin, QMainWindow):
         self._run: VolumeRun | None = None
         self._run_id = 0
         self._after_run: Callable[[], object] | None = None   # an export waiting for the whole-volume run
+        self._superseded = False  # the running volume's λ or seed changed under it: start the current one after it
         self._initial_slice: int | None = None
         self._user_checkpoint: Path | None = None   # a checkpoint the user chose: the default once it loads
         self._auto_checkpoint = False               # the checkpoint follows the volume (resources.default_checkpoint)
@@ -539,6 +540,7 @@ class MainWindow(ExportsMixin, QMainWindow):
             self._refresh_view()
             self._refresh_scores()
             self.reading.schedule()
+            self._supersede_run()
             self._complete_for_regions()
         elif name in ("threshold", "postprocess", "votes", "persist"):
             self._refresh_mask()
@@ -862,8 +864,18 @@ class MainWindow(ExportsMixin, QMainWindow):
                 and s.model_volume is not None and self.missing_slices()):
             self.run_whole_volume()
 
+    def _supersede_run(self) -> None:
+        """With 3-D regions on, a volume run for a λ or seed no longer asked for stops (unless an export waits on
+        it); the current settings' run starts when it has ended (dragging λ computes the last value, not each)."""
+        run = self._run
+        if (self.state.persist and run is not None and self._after_run is None
+                and (run.timesteps, run.seed) != (self.timesteps(), self.state.seed)):
+            self._superseded = True
+            self.worker.cancel_run()
+
     def cancel_run(self) -> None:
         self._after_run = None
+        self._superseded = False
         self.worker.cancel_run()
 
     @property
@@ -910,7 +922,8 @@ class MainWindow(ExportsMixin, QMainWindow):
         then, self._after_run = self._after_run, None
         if then is not None and completed:
             then()
-        if completed:
+        if completed or self._superseded:
+            self._superseded = False
             self._complete_for_regions()                        # λ or seed moved during the run
 
     def load_reference(self, path: str | Path) -> bool:
