@@ -61,3 +61,15 @@ def _collect_on_main_thread():
         collector = getattr(app, "sss_gc_collector", None) if app is not None else None
         if collector is not None:
             collector.collect_if_due()
+
+
+@pytest.fixture
+def shown(qtbot):
+    """shown(widget, width, height): the widget owned by qtbot, sized, shown and exposed; returned."""
+    def show(widget, width: int, height: int):
+        qtbot.addWidget(widget)
+        widget.resize(width, height)
+        widget.show()
+        qtbot.waitExposed(widget)
+        return widget
+    return show

@@ -47,13 +47,8 @@ def lesions():
 
 
 @pytest.fixture
-def table(qtbot):
-    widget = LesionTable()
-    qtbot.addWidget(widget)
-    widget.resize(360, 300)
-    widget.show()
-    qtbot.waitExposed(widget)
-    return widget
+def table(shown):
+    return shown(LesionTable(), 360, 300)
 
 
 def column(table, c) -> list[str]:

@@ -14,14 +14,10 @@ S = 32
 
 
 @pytest.fixture
-def panels(qtbot):
-    p = ImagePanels()
-    qtbot.addWidget(p)
-    p.resize(800, 800)
+def panels(shown):
+    p = shown(ImagePanels(), 800, 800)
     p.set_size(S)
     p.set_original(np.linspace(-1, 1, S * S, dtype=np.float32).reshape(S, S))
-    p.show()
-    qtbot.waitExposed(p)
     return p
 
 

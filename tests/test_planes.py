@@ -35,12 +35,8 @@ def ellipsoid(shape=(40, 64, 64)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 @pytest.fixture
-def ortho(qtbot):
-    w = OrthoViews()
-    qtbot.addWidget(w)
-    w.resize(900, 800)
-    w.show()
-    qtbot.waitExposed(w)
+def ortho(shown):
+    w = shown(OrthoViews(), 900, 800)
     w.set_volume(volume(), Z_RATIO)
     QApplication.processEvents()
     return w
@@ -247,14 +243,10 @@ def test_heat_renders_transparent_at_zero(qtbot):
     assert rgba.pixelColor(1, 3).alpha() == 0 and rgba.pixelColor(6, 3).alpha() == 255
 
 
-def test_screenshot(qtbot, tmp_path):
+def test_screenshot(shown, tmp_path):
     """A whole widget with an ellipsoid, mask and reference; saved for a look (/tmp/planes_check.png)."""
     data, mask, reference = ellipsoid()
-    w = OrthoViews()
-    qtbot.addWidget(w)
-    w.resize(900, 800)
-    w.show()
-    qtbot.waitExposed(w)
+    w = shown(OrthoViews(), 900, 800)
     w.set_volume(data, 1.6)
     w.set_overlay(np.where(mask, 0.8, 0.0).astype(np.float32), mask)
     w.set_reference(reference)
