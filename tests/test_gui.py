@@ -711,6 +711,7 @@ def test_3d_persistence_computes_the_whole_volume_by_itself_then_applies(qtbot, 
     wait_for(qtbot, lambda: len(ended) == 2, timeout=60_000)            # the first stopped (or had just ended)
     assert ended[1] is True and not w.running
     assert w.volume_mask() is not None and not w.missing_slices()
+    w.worker.cpu_chunk = 1                                              # many batches: Cancel lands before the end
     w.state.set(timestep=w.state.timestep + 50)                          # Cancel by the user: nothing restarts
     w.cancel_run()
     wait_for(qtbot, lambda: not w.running)
