@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from sss_viewer.core.anomaly import PRECISIONS
-from sss_viewer.core.config import PRESETS
+from sss_viewer.core.config import ALIGN_MODES, PRESETS
 
 from .data import MIN_SLICES
 from .loop import PRESET_DEFAULTS, Interrupted, TrainConfig, command_line, train
@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unit-noise", action="store_true",
                    help="standardise each simplex noise field to unit std (stronger noise than the paper's ~0.5; "
                         "recorded in the checkpoint, so inference matches)")
+    p.add_argument("--align", choices=ALIGN_MODES, default="none",
+                   help="mni-affine: register every brain to the bundled MNI template by an affine before slicing "
+                        "(needs SimpleITK; recorded in the checkpoint, so inference repeats it); default: none")
     p.add_argument("--max-timestep", type=int, metavar="T",
                    help="draw training timesteps below T only (e.g. 400 for a model used at lambda <= 400): the "
                         "model's capacity goes to the noise levels detection uses; default: the whole schedule")
@@ -85,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                       modality=args.modality, save_every=args.save_every, keep=args.keep,
                       preview_every=args.preview_every, log_every=args.log_every, device=args.device,
                       compile=args.compile, precision=args.precision, resume=args.resume, init=args.init,
-                      unit_noise=args.unit_noise, max_timestep=args.max_timestep, progress=args.progress,
+                      unit_noise=args.unit_noise, align=args.align, max_timestep=args.max_timestep, progress=args.progress,
                       command=command_line(argv))
     main_rank = int(os.environ.get("RANK", 0)) == 0
     try:

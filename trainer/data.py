@@ -41,6 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sss_viewer.core import align as align_module
 from sss_viewer.core import brain as brain_module
 from sss_viewer.core import inputs as inputs_module
 from sss_viewer.core import volume as volume_module
@@ -160,9 +161,9 @@ class CachedVolume:
 
 @functools.cache
 def _code_digest() -> str:
-    """Digest of the preprocessing source (reading, brain extraction, volume.py): editing it invalidates every
-    cache entry."""
-    return "".join(file_sha256(m.__file__)[:8] for m in (volume_module, brain_module, inputs_module))
+    """Digest of the preprocessing source (reading, brain extraction, volume.py, alignment): editing it invalidates
+    every cache entry."""
+    return "".join(file_sha256(m.__file__)[:8] for m in (volume_module, brain_module, inputs_module, align_module))
 
 
 def cache_key(sha256: str, cfg: PreprocessConfig, mask_sha256: str = "") -> str:

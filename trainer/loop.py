@@ -93,6 +93,7 @@ class TrainConfig:
     resume: bool = False                   # continue from the newest checkpoint in out
     init: Path | None = None               # a new run starting from this checkpoint's EMA weights (fine-tuning)
     unit_noise: bool = False               # simplex noise standardised to unit std (the preset's default: not)
+    align: str = "none"                    # PreprocessConfig.align of the run: "none" or "mni-affine"
     max_timestep: int | None = None        # t ~ U{0, ..., max_timestep - 1}; None: the whole schedule (T)
     progress: bool | None = None           # tqdm bar; None: only when stderr is a terminal
     command: str = ""                      # command line recorded in the provenance
@@ -159,11 +160,14 @@ def step_seed(seed: int, step: int, rank: int = 0, stream: int = 0) -> int:
     return (z ^ (z >> 31)) >> 1
 
 
-def _with_noise(preset: Preset | None, unit_noise: bool) -> Preset | None:
-    """The preset with its simplex noise standardised to unit std when unit_noise."""
-    if preset is None or not unit_noise:
+def _variant(preset: Preset | None, unit_noise: bool, align: str) -> Preset | None:
+    """The preset with its simplex noise standardised to unit std when unit_noise, and its preprocessing's
+    alignment set."""
+    if preset is None:
         return preset
-    return replace(preset, noise=replace(preset.noise, standardize=True))
+    if unit_noise:
+        preset = replace(preset, noise=replace(preset.noise, standardize=True))
+    return replace(preset, preprocess=replace(preset.preprocess, align=align))
 
 
 def checkpoints(out: Path) -> list[tuple[int, Path]]:
@@ -264,8 +268,9 @@ class Trainer:
         if resume is not None:
             self.resumed_from, payload = resume
             preset_name, self.preset = payload["train_state"]["preset_name"], preset_from_dict(payload["configs"])
-            if cfg.preset is not None and _with_noise(PRESETS.get(cfg.preset), cfg.unit_noise) != self.preset:
-                raise ValueError(f"--preset {cfg.preset}{' --unit-noise' * cfg.unit_noise} differs from the "
+            if cfg.preset is not None and _variant(PRESETS.get(cfg.preset), cfg.unit_noise, cfg.align) != self.preset:
+                flags = " --unit-noise" * cfg.unit_noise + f" --align {cfg.align}" * (cfg.align != "none")
+                raise ValueError(f"--preset {cfg.preset}{flags} differs from the "
                                  f"{preset_name} preset of {self.resumed_from}; drop --preset to continue it, or "
                                  "train into another --out")
             self.init_note = payload["train_state"].get("init", "")
@@ -274,7 +279,7 @@ class Trainer:
             preset_name = cfg.preset or "small"
             if preset_name not in PRESETS:
                 raise ValueError(f"unknown preset {preset_name!r}; choose one of {', '.join(PRESETS)}")
-            self.preset = _with_noise(PRESETS[preset_name], cfg.unit_noise)
+            self.preset = _variant(PRESETS[preset_name], cfg.unit_noise, cfg.align)
             self.init_note = ""
         self.cfg = cfg.resolved(preset_name)
         self.diffusion = Diffusion(self.preset.diffusion, self.preset.noise)

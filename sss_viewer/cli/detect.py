@@ -10,6 +10,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -246,7 +247,12 @@ def process(path: Path, outs: Outputs, detector: Detector, ckpt: LoadedCheckpoin
         if warning:
             print(f"sss-detect: warning: {path}: {warning}", file=sys.stderr)
     t_loaded = time.perf_counter()
-    model_volume = prepare(volume, ckpt.preset.preprocess, device=detector.volume_device)
+    with warnings.catch_warnings(record=True) as caught:               # e.g. a failed registration's fallback
+        warnings.simplefilter("always")
+        model_volume = prepare(volume, ckpt.preset.preprocess, device=detector.volume_device)
+    for warning in caught:
+        print(f"sss-detect: warning: {path}: {warning.message}", file=sys.stderr)
+    alignment = model_volume.alignment
     t_prepared = time.perf_counter()
     first, last = model_volume.slice_range
     timesteps = settings.timesteps
@@ -290,8 +296,14 @@ def process(path: Path, outs: Outputs, detector: Detector, ckpt: LoadedCheckpoin
             "timings_s": {"load": t_loaded - t_start, "preprocess": t_prepared - t_loaded, "model": result.seconds,
                           "postprocess": t_post - t_prepared - result.seconds, "write": t_written - t_post,
                           "total": t_written - t_start},
+            "alignment": None if alignment is None else {
+                "to": "MNI152 2009a (affine)", "registered": alignment.registered,
+                "brain_overlap": alignment.overlap, "seconds": alignment.seconds,
+                "aligned_to_input_voxel": alignment.matrix.tolist()},
             "slice_range": [first, last],
-            "slice_axis": "canonical RAS+ axial index (inferior to superior)",
+            "slice_axis": ("canonical RAS+ axial index (inferior to superior)" if alignment is None else
+                           "axial index of the MNI-aligned grid (inferior to superior); mask and map are on the "
+                           "input's voxels"),
             "slice_scores": [{"slice": int(k), "score": float(s)}
                              for k, s in zip(result.slice_indices, result.scores)],
             "mask_voxels": n_voxels,

@@ -46,6 +46,9 @@ class NoiseConfig:
             raise ValueError(f"noise kind must be 'simplex' or 'gaussian', not {self.kind!r}")
 
 
+ALIGN_MODES = ("none", "mni-affine")  # PreprocessConfig.align: as read, or affinely registered to MNI (core/align.py)
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
     image_size: int = 128            # model-space square side; equals ModelConfig.image_size
@@ -54,6 +57,11 @@ class PreprocessConfig:
     brain_threshold: float = 0.0     # voxels above this (raw intensity) count as brain
     margin: float = 0.05             # padding around the brain bounding box, fraction of its side
     min_brain_fraction: float = 0.25  # slice kept if its brain area >= this fraction of the largest
+    align: str = "none"              # "mni-affine": brains registered to the MNI template first (core/align.py)
+
+    def __post_init__(self) -> None:
+        if self.align not in ALIGN_MODES:
+            raise ValueError(f"preprocess align must be 'none' or 'mni-affine', not {self.align!r}")
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ import warnings
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -44,6 +44,9 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, 
 from scipy import sparse
 
 from .config import PreprocessConfig
+
+if TYPE_CHECKING:
+    from .align import Alignment
 
 MAX_VOXELS = 2 ** 28  # largest 3-D volume accepted (1 GiB as float32)
 BACKGROUND_MIN_FRACTION = 0.05  # a minimum value covering this share of voxels is a flat background
@@ -264,6 +267,8 @@ class ModelVolume:
     background: float                      # raw background level (see background_level)
     resident: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)  # (data, brain_mask) as
     #                                      tensors where prepare ran on a torch device; None from the host
+    alignment: Alignment | None = None     # cfg.align: the canonical grid above is the aligned one, and this maps
+    #                                      it onto the input's canonical voxels (core/align.py)
 
     @property
     def image_size(self) -> int:
@@ -332,6 +337,8 @@ class ModelVolume:
         """Another image on this volume's canonical grid (e.g. the scan before brain extraction) → (Z, S, S),
         with this volume's contrast stretch and sampling (for display beside the model's input)."""
         canonical = np.asarray(canonical, dtype=np.float32)
+        if self.alignment is not None:                                      # the input's grid → the aligned one
+            canonical = self.alignment.to_aligned(canonical - self.alignment.offset)
         if canonical.shape != self.canonical_shape:
             raise VolumeError(f"image shape {canonical.shape} is not the volume's canonical shape "
                               f"{self.canonical_shape}")
@@ -341,6 +348,8 @@ class ModelVolume:
     def mask_to_model(self, mask: np.ndarray) -> np.ndarray:
         """Canonical (X, Y, Z) label/mask (> 0 is inside) → (Z, S, S) bool, nearest neighbour, same transform."""
         mask = np.asarray(mask)
+        if self.alignment is not None:                                      # the input's grid → the aligned one
+            mask = self.alignment.to_aligned(mask > 0, nearest=True)
         if mask.shape != self.canonical_shape:
             raise VolumeError(f"mask shape {mask.shape} is not the volume's canonical shape {self.canonical_shape}; "
                               "load it with load_mask(path, like=volume)")
@@ -353,8 +362,17 @@ class ModelVolume:
         Every canonical voxel samples its own position in model space: order="linear" (bilinear,
         for heat maps) or "nearest" (for masks; a bool input gives a bool output). Voxels outside
         the model square, and slices not given, are 0. ``Volume.to_native`` then gives the input layout.
-        Computed on the host, or on a torch `device` (e.g. the detector's GPU).
+        Computed on the host, or on a torch `device` (e.g. the detector's GPU). With an alignment, the result is
+        then resampled onto the input's canonical grid (the same order), so it is always the input's (X, Y, Z).
         """
+        canonical = self._to_aligned_canonical(maps, order, first_slice, device)
+        if self.alignment is None:
+            return canonical
+        return self.alignment.to_input(canonical, nearest=order == "nearest")
+
+    def _to_aligned_canonical(self, maps: np.ndarray, order: str, first_slice: int,
+                              device: torch.device | str | None) -> np.ndarray:
+        """to_canonical onto this volume's own canonical grid (the aligned one under an alignment)."""
         maps = np.asarray(maps)
         if order not in ("linear", "nearest"):
             raise ValueError(f"order must be 'linear' or 'nearest', not {order!r}")
@@ -541,7 +559,18 @@ def prepare(volume: Volume | np.ndarray, cfg: PreprocessConfig = PreprocessConfi
     `volume` is a loaded Volume (main path) or a canonical (X, Y, Z) array with its `spacing` in mm
     (default 1 mm isotropic). Everything runs on the host, or with a torch `device` (e.g. the detector's
     GPU) there: the results are the same to float32 rounding.
+
+    With ``cfg.align == "mni-affine"`` the brain is first registered to the MNI template and resampled onto
+    the aligned grid (``align.align``); steps 1–3 run there and the ModelVolume keeps the alignment.
     """
+    if cfg.align != "none":
+        from .align import align
+
+        if not isinstance(volume, Volume):
+            volume = Volume.from_array(volume, affine=None if spacing is None else np.diag([*spacing, 1.0]))
+        aligned, alignment = align(volume)
+        inner = prepare(aligned, replace(cfg, align="none"), device=device)
+        return replace(inner, cfg=cfg, alignment=alignment)
     if isinstance(volume, Volume):
         if spacing is not None:
             raise ValueError("spacing comes from the Volume; pass it only with a bare array")

@@ -7,22 +7,29 @@ from ..core.volume import ModelVolume, Volume
 
 
 def model_to_canonical(mv: ModelVolume, z: int, u: float, v: float) -> tuple[int, int, int]:
-    """Nearest canonical voxel (x, y, z) under model point (u = column, v = row), continuous pixel units.
+    """Nearest input canonical voxel (x, y, z) under model point (u = column, v = row), continuous pixel units.
 
     Pixel (r, c) covers u in [c, c + 1), v in [r, r + 1); volume.py's formula at its centre c + 0.5:
-    x = cx - (u - S/2) · p / sx,  y = cy - (v - S/2) · p / sy.
+    x = cx - (u - S/2) · p / sx,  y = cy - (v - S/2) · p / sy; on an aligned grid (mv.alignment), that
+    voxel is then carried onto the input's through the alignment's affine.
     """
     h = mv.image_size / 2
     sx, sy, _ = mv.spacing
     cx, cy = mv.centre
     x = cx - (u - h) * mv.pixel_mm / sx
     y = cy - (v - h) * mv.pixel_mm / sy
-    return int(round(x)), int(round(y)), int(z)
+    if mv.alignment is not None:
+        x, y, z = mv.alignment.input_voxel(x, y, z)
+    return int(round(x)), int(round(y)), int(round(z))
 
 
 def canonical_to_model(mv: ModelVolume, x: float, y: float, z: int) -> tuple[int, int, int]:
-    """Canonical voxel (x, y, z) → the model pixel holding its centre, (z, row v, column u), clamped to the square
-    (model_to_canonical inverted: u = S/2 + (cx - x) · sx / p, v = S/2 + (cy - y) · sy / p)."""
+    """Input canonical voxel (x, y, z) → the model pixel holding its centre, (z, row v, column u), clamped to the
+    square and the slices (model_to_canonical inverted: u = S/2 + (cx - x) · sx / p, v = S/2 + (cy - y) · sy / p,
+    after the alignment's inverse on an aligned grid)."""
+    if mv.alignment is not None:
+        x, y, z = mv.alignment.aligned_voxel(x, y, z)
+        z = min(max(int(round(z)), 0), mv.n_slices - 1)
     h = mv.image_size / 2
     sx, sy, _ = mv.spacing
     cx, cy = mv.centre

@@ -101,6 +101,9 @@ def input_summary(session: Session) -> tuple[str, list[str]]:
         line = texts.BRAIN_AS_IS.format(reason=scan.verdict.reason)
     if scan.series is not None:
         line = texts.DICOM_SERIES.format(label=scan.series.label()) + line
+    alignment = session.model_volume.alignment if session.model_volume is not None else None
+    if alignment is not None:
+        line += texts.ALIGNED.format(overlap=alignment.overlap, seconds=alignment.seconds)
     warnings = [w for w in (scan.warning,) if w]
     if session.model is not None:
         check = check_modality(scan.modality, scan.modality_source, session.model.modality)

@@ -106,8 +106,8 @@ class ReadingRoom(QObject):
         """Every view to a region: its most affected axial slice, the crosshair at its centre."""
         mv = self.window.session.model_volume
         x, y, _ = lesion.centre_canonical
-        _, v, u = canonical_to_model(mv, x, y, lesion.peak_slice)
-        self.window.state.set(slice=lesion.peak_slice, cursor=(v, u))
+        z, v, u = canonical_to_model(mv, x, y, lesion.peak_slice)
+        self.window.state.set(slice=z, cursor=(v, u))
 
     # Whole-volume results
     def schedule(self) -> None:

@@ -175,6 +175,7 @@ ERROR_DROP = "Drop a NIfTI volume (.nii, .nii.gz), a DICOM folder or a checkpoin
 BRAIN_EXTRACTED = "Brain extracted with deepbet (outline in the original panel): {reason}"
 BRAIN_FROM_MASK = "Brain from the mask file {name} (outline in the original panel)"
 BRAIN_AS_IS = "Used as it is: {reason}"
+ALIGNED = "; shown aligned to the MNI template (affine, brain overlap {overlap:.2f}, {seconds:.1f} s), results mapped back onto the scan's voxels"
 DICOM_SERIES = "DICOM series {label}. "
 WARNING_PREFIX = "⚠ "
 ERROR_SLICE_RANGE = "slice {slice} is outside this volume's slices 0–{last}"
