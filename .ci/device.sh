@@ -11,8 +11,9 @@
 #                                                        the general T1 checkpoint: small (from INIT, default
 #                                                        resources/general_t1.pt) and medium (from scratch) side
 #                                                        by side on every healthy T1 but the held-out two, then
-#                                                        each calibrated on those two (half precision) and
-#                                                        sss-eval on the lesion-dev tumour cases (LAMBDA, 200)
+#                                                        each calibrated on those two (half precision, 3-D
+#                                                        regions) and sss-eval on the lesion-dev tumour cases
+#                                                        (LAMBDA, 100); every brain aligned to MNI first
 #   bash .ci/device.sh bench - OUT [REV]                 no training: the volume part (the UNet as it is and
 #                                                        compiled), the noise and sss parts, the CUDA tests, the
 #                                                        volume stages on the GPU beside REV's on the host
@@ -37,13 +38,13 @@ train() {   # name, sss-train options...; SIGINT at the end of the budget saves 
 }
 
 stage "machine"
-python3 -c "import nibabel, opensimplex, platformdirs, tqdm, scipy, sss_viewer.cli.bench, sss_viewer.cli.detect, \
+python3 -c "import nibabel, opensimplex, platformdirs, tqdm, scipy, SimpleITK, sss_viewer.cli.bench, sss_viewer.cli.detect, \
 trainer.cli, trainer.demo" || exit 3
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
 python3 -c "import torch, platform; print(platform.python_version(), torch.__version__, torch.cuda.get_device_name())"
 
 if [ "$MODE" = general ]; then   # DATA is ../shared/data; the lists are resources/README.md's
-    H=$DATA/healthy W=$DATA/healthy-with-skull LAMBDA=${LAMBDA:-200} INIT=${INIT:-resources/general_t1.pt}
+    H=$DATA/healthy W=$DATA/healthy-with-skull LAMBDA=${LAMBDA:-100} INIT=${INIT:-resources/general_t1.pt}
     # voxelmorph-test is left out: an identity affine over LIA voxels, its "axial" slices are coronal
     TRAIN="$H/mni152-2009a/t1.nii.gz $H/nfbs-A00028185/t1.nii.gz $H/ixi002/t1.nii.gz
            $H/brainchop/t1.nii.gz $H/freesurfer-brainmask/t1.nii.gz $W/colin27/t1.nii.gz $W/ixi012-hh-1211/t1.nii.gz
@@ -52,9 +53,11 @@ if [ "$MODE" = general ]; then   # DATA is ../shared/data; the lists are resourc
     HELD_OUT="$W/ixi039-hh-1261/t1.nii.gz $W/niivue-fs-norm/t1.nii.gz"
     stage "general: small from $INIT and medium from scratch, side by side for $TRAIN_S s"
     # shellcheck disable=SC2086
-    train general-small --modality t1 --unit-noise --init "$INIT" --data $TRAIN &
+    ALIGN="--align mni-affine --max-timestep 400"
     # shellcheck disable=SC2086
-    train general-medium --modality t1 --unit-noise --preset medium --data $TRAIN &
+    train general-small --modality t1 --unit-noise $ALIGN --init "$INIT" --data $TRAIN &
+    # shellcheck disable=SC2086
+    train general-medium --modality t1 --unit-noise $ALIGN --preset medium --data $TRAIN &
     wait
     for name in general-small general-medium; do
         tail -2 "$OUT/train-$name.log"; tail -1 "$RUNS/$name/log.jsonl"
@@ -63,13 +66,13 @@ if [ "$MODE" = general ]; then   # DATA is ../shared/data; the lists are resourc
         for budget in 0.005 0.02 0.1; do    # a looser budget when a model flags more than that everywhere
             # shellcheck disable=SC2086
             timeout 120 python3 -m trainer.calibrate "$RUNS/$name/model.pt" --healthy $HELD_OUT --out "$OUT/$name.pt" \
-                --timestep "$LAMBDA" --budget $budget --half --device "$DEV" > "$OUT/calibrate-$name.json" && break
+                --timestep "$LAMBDA" --budget $budget --persist 3 --half --device "$DEV" > "$OUT/calibrate-$name.json" && break
         done
         grep -A3 '"threshold"' "$OUT/calibrate-$name.json"
         for mod in t1 t1ce; do
             timeout 120 python3 -m trainer.evaluate --manifest "$DATA/lesion-dev/manifest.csv" --modality $mod \
                 --cases brats25-00000,tcga-du-7294$([ $mod = t1ce ] && echo ,brats_2013_pat0001_1,brats_2013_pat0002_1,brats_2013_pat0003_1) \
-                --checkpoint "$OUT/$name.pt" --methods "sss${LAMBDA}_pp,sss150_pp,sss300_pp" --device "$DEV" \
+                --checkpoint "$OUT/$name.pt" --methods "sss${LAMBDA}_pp,sss${LAMBDA}_3d3_pp,sss300_pp" --device "$DEV" \
                 --out "$RUNS/eval-$name-$mod" | tail -4
         done
     done

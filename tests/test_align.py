@@ -137,3 +137,37 @@ def test_sss_train_align_trains_on_aligned_slices_and_records_it(subject, tmp_pa
     mv = prepare(load_volume(subject), checkpoint.preset.preprocess)
     first, last = mv.slice_range
     np.testing.assert_allclose(slices, mv.data[first:last + 1], atol=0.05)  # ITK threads: not bit for bit
+
+
+def test_viewer_shows_the_aligned_scan_and_answers_on_the_inputs_voxels(qtbot, subject, tiny_checkpoint, tmp_path,
+                                                                         monkeypatch):
+    pytest.importorskip("pytestqt")
+    from sss_viewer.gui import texts
+    from sss_viewer.gui.main_window import MainWindow
+    from sss_viewer.gui.settings import Settings
+
+    monkeypatch.setenv("SSS_VIEWER_CONFIG_DIR", str(tmp_path / "config"))
+    w = MainWindow(Settings.load())
+    qtbot.addWidget(w)
+    w.start(subject, tiny_checkpoint(CFG), device="cpu")
+    qtbot.waitUntil(lambda: w.shown is not None, timeout=60_000)
+    mv, volume = w.session.model_volume, w.session.volume
+    assert mv.alignment is not None and "aligned to the MNI template" in w.input_label.text()
+    native = np.asarray(nib.load(str(subject)).dataobj)  # (L, I, A)
+
+    depth = ndimage.distance_transform_edt(mv.brain_mask[w.state.slice])  # hover the brain's deepest pixel
+    v, u = np.unravel_index(depth.argmax(), depth.shape)
+    w.panels.hovered.emit(u + 0.5, v + 0.5)
+    x, y, k = model_to_canonical(mv, w.state.slice, u + 0.5, v + 0.5)
+    i, j, kk = np.rint(np.linalg.inv(nib.load(str(subject)).affine) @ volume.canonical_affine @ [x, y, k, 1])[:3]
+    i, j, kk = int(i), int(j), int(kk)
+    assert native[i, j, kk] > 0
+    assert texts.STATUS_VOXEL.format(i=i, j=j, k=kk, value=native[i, j, kk]) in w.cursor_label.text()
+
+    w.state.set(threshold=0.0, postprocess=False)                     # mask = every brain pixel with error > 0
+    with qtbot.waitSignal(w.exported, timeout=120_000) as done:
+        w.export_nifti(tmp_path / "out", compute_missing=True)
+    mask = nib.load(str(done.args[0][0]))
+    assert mask.shape == native.shape and np.allclose(mask.affine, nib.load(str(subject)).affine)
+    assert dice(np.asarray(mask.dataobj) > 0, native > 0) > 0.85
+    w.close()
