@@ -40,9 +40,10 @@ def test_main_writes_the_contract_keys(tmp_path, monkeypatch, capsys):
     assert bench.main(["--quick", "--device", "cpu", "--json", str(tmp_path / "b.json")]) == 0
     res = json.loads((tmp_path / "b.json").read_text())
     for key in ("noise_speedup", "noise_max_abs_diff", "sss_speedup_250", "sss_speedup_300", "slices_per_s_small",
-                "slices_per_s_paper", "device"):
+                "slices_per_s_paper", "align_total_s", "device"):
         assert key in res, key
     assert res["device"] == "cpu" and res["slices_per_s_small"] > 0
+    assert res["align_overlap"] > 0.9                                  # the tilted demo brain found the template
     assert "Whole volume end to end" in capsys.readouterr().out
 
 

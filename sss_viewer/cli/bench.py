@@ -9,18 +9,22 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
+from scipy.spatial.transform import Rotation
 
 from . import bad_input
 from ..core.anomaly import (DEFAULT_BATCH, DEFAULT_TIMESTEP, Detector, describe_machine, detect_volume,
                             native_bf16, resolve_device, slice_seeds)
 from ..core.config import PRESETS, NoiseConfig
+from ..core.resources import DEMO_VOLUME, resource
 from ..core.simplex import forget_geometry, octave_noise
 from ..core.unet import UNet
-from ..core.volume import ModelVolume, Volume, prepare
+from ..core.volume import ModelVolume, Volume, load_volume, prepare
 
 
 def _sync(device: torch.device) -> None:
@@ -412,7 +416,34 @@ def print_table(title: str, rows: list[tuple[str, str]]) -> None:
         print(f"  {k:<{width}}  {v}")
 
 
-PARTS = ("noise", "sss", "throughput", "volume", "compile", "reading")
+def bench_align(preset_name: str = "small") -> dict:
+    """The MNI alignment's own cost (core/align.py) on a BraTS-sized scan (240 × 240 × 155, 1 mm): the bundled
+    demo brain tilted (8°, −6°), scaled 1.1 and shifted onto that grid, registered and resampled, prepared for
+    the preset, and a heat map and a mask mapped back onto its voxels (no model call: the volume part's)."""
+    demo = load_volume(resource(DEMO_VOLUME))
+    tilt = np.eye(4)
+    tilt[:3, :3] = 1.1 * Rotation.from_euler("xz", [8, -6], degrees=True).as_matrix()
+    tilt[:3, 3] = (4.0, -7.0, 5.0)
+    grid = np.diag([1.0, 1.0, 1.0, 1.0])
+    grid[:3, 3] = (-120.0, -130.0, -70.0)                                    # scan voxel → world (mm)
+    shape = (240, 240, 155)
+    to_demo = np.linalg.inv(demo.canonical_affine) @ tilt @ grid              # scan voxel → demo voxel
+    scan = Volume.from_array(ndimage.affine_transform(demo.data, to_demo, output_shape=shape, order=1), grid)
+    cfg = replace(PRESETS[preset_name].preprocess, align="mni-affine")
+    start = time.perf_counter()
+    mv = prepare(scan, cfg)                                                    # registration + resampling + prepare
+    t_prep = time.perf_counter()
+    maps = np.zeros(mv.data.shape, np.float32)                                 # (Z, S, S)
+    mv.to_canonical(maps, "linear")
+    t_heat = time.perf_counter()
+    mv.to_canonical(maps > 0, "nearest")
+    t_mask = time.perf_counter()
+    return {"align_shape": list(shape), "align_preset": preset_name, "align_registration_s": mv.alignment.seconds,
+            "align_prepare_s": t_prep - start, "align_heat_back_s": t_heat - t_prep, "align_mask_back_s": t_mask - t_heat,
+            "align_total_s": t_mask - start, "align_overlap": mv.alignment.overlap}
+
+
+PARTS = ("noise", "sss", "throughput", "volume", "align", "compile", "reading")
 DEFAULT_PARTS = PARTS[:-1]   # reading measures the viewer (Qt), not the engine: only when asked for
 
 
@@ -480,6 +511,13 @@ def main(argv: list[str] | None = None) -> int:
                         [(k, f"{vol[k]:.3f} s") for k in ("preprocess_s", "noise_s", "model_s", "postprocess_s",
                                                           "map_back_s", "volume_total_s")])
             save()
+    if "align" in args.parts:
+        res.update(bench_align())
+        print_table(f"MNI alignment, no model: {'x'.join(map(str, res['align_shape']))} scan, {res['align_preset']} "
+                    f"preset (brain overlap with the template {res['align_overlap']:.3f})",
+                    [(k, f"{res[k]:.3f} s") for k in ("align_registration_s", "align_prepare_s", "align_heat_back_s",
+                                                       "align_mask_back_s", "align_total_s")])
+        save()
     if "reading" in args.parts:
         reading_part(res, args.quick)
         save()
