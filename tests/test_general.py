@@ -25,6 +25,7 @@ def test_general_checkpoint_is_the_default_for_real_scans(general, tmp_path, mon
     assert default_checkpoint() == resource(GENERAL_CHECKPOINT)
     assert default_checkpoint(resource(DEMO_VOLUME)) == resource(DEMO_CHECKPOINT)
     assert general.preset.model.image_size == 128 and general.preset.noise.standardize
+    assert general.preset.preprocess.align == "mni-affine"   # trained on MNI-aligned brains: inference aligns too
     assert general.recommended.source.startswith("sss-calibrate") and 0 < general.recommended.threshold < 1
     assert resource(GENERAL_CHECKPOINT).stat().st_size < 50e6
     assert general.modality == "t1" and load_checkpoint(resource(DEMO_CHECKPOINT)).modality == "t1"
