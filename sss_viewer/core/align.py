@@ -6,7 +6,8 @@ position, size and tilt; ``prepare`` repeats that for each input here:
 1. the brain (everything above the background) is registered to the bundled 2 mm template
    (``resources/mni152_brain_2mm.nii.gz``, built by ``python -m trainer.template``) by a 12-parameter affine:
    Mattes mutual information, 5 % random samples (fixed seed), regular-step gradient descent over two levels
-   (4 mm, then 2 mm), started from the brains' centres of intensity mass;
+   (4 mm, then 2 mm), started from the brains' centres of intensity mass (a scan of more than
+   REGISTER_MAX_VOXELS voxels is registered from a copy binned by 2 along each axis finer than 0.9 mm);
 2. the brain is resampled (trilinear, 0 outside) onto the aligned grid: the template's box at 1 mm;
 3. ``prepare`` runs there as for any volume, and the ModelVolume keeps the ``Alignment``, so every result
    goes back onto the input's own canonical voxels through the inverse map (trilinear for maps, nearest
@@ -37,6 +38,7 @@ from .volume import Volume, VolumeError, background_level
 
 TEMPLATE = "mni152_brain_2mm.nii.gz"
 SAMPLING_SEED = 1         # the metric's random samples (ITK reads a seed of 0 as "from the clock")
+REGISTER_MAX_VOXELS = 2 ** 24  # a larger scan is registered from a copy binned by 2 along its sub-0.9 mm axes
 MIN_OVERLAP = 0.8         # brain Dice with the template below which an affine registration counts as failed
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS ↔ LPS (ITK's physical space), its own inverse
 
@@ -176,8 +178,13 @@ def align(volume: Volume) -> tuple[Volume, Alignment]:
     canonical = volume.canonical_affine
     fixed = _itk(*template())
     started = time.perf_counter()
+    moving = _itk(np.where(brain, data, 0.0), canonical)
+    if data.size > REGISTER_MAX_VOXELS:  # e.g. 0.7 mm scans: their smoothing per level dominates the time
+        import SimpleITK as sitk
+
+        moving = sitk.BinShrink(moving, [2 if mm < 0.9 else 1 for mm in moving.GetSpacing()])
     try:
-        affine, start = _register(fixed, _itk(np.where(brain, data, 0.0), canonical))
+        affine, start = _register(fixed, moving)
     except RuntimeError as err:  # ITK's exceptions, e.g. too few samples inside the brain
         raise VolumeError(f"{name} could not be registered to the MNI template ({' '.join(str(err).split())[:160]})"
                           ) from err
