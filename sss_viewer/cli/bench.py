@@ -424,7 +424,7 @@ def bench_align(preset_name: str = "small") -> dict:
     tilt = np.eye(4)
     tilt[:3, :3] = 1.1 * Rotation.from_euler("xz", [8, -6], degrees=True).as_matrix()
     tilt[:3, 3] = (4.0, -7.0, 5.0)
-    grid = np.diag([1.0, 1.0, 1.0, 1.0])
+    grid = np.eye(4)
     grid[:3, 3] = (-120.0, -130.0, -70.0)                                    # scan voxel → world (mm)
     shape = (240, 240, 155)
     to_demo = np.linalg.inv(demo.canonical_affine) @ tilt @ grid              # scan voxel → demo voxel

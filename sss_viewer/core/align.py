@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import nibabel as nib
 import numpy as np
@@ -204,8 +204,4 @@ def align(volume: Volume) -> tuple[Volume, Alignment]:
     np.maximum(aligned, 0.0, out=aligned)
     if not (aligned > 0).any():
         raise VolumeError(f"{name}: its brain falls outside the MNI template's box after registration")
-    header = nib.Nifti1Header()
-    header.set_data_shape(shape)
-    header.set_zooms((1.0, 1.0, 1.0))
-    return Volume(data=aligned, spacing=(1.0, 1.0, 1.0), affine=grid, header=header, path=volume.path,
-                  axcodes=("R", "A", "S"), ornt=np.array([[0, 1], [1, 1], [2, 1]], dtype=float)), alignment
+    return replace(Volume.from_array(aligned, grid, name=name), path=volume.path), alignment
