@@ -34,11 +34,12 @@ SCAN_TO_TEMPLATE = rotation(0, 9) @ rotation(2, -7) @ np.diag([1.1, 1.05, 1.1, 1
 SCAN_TO_TEMPLATE[:3, 3] = (6.0, -9.0, 4.0)
 
 
-def make_subject(path: Path, skull: float = 0.0) -> Path:
-    """The template seen through SCAN_TO_TEMPLATE, on a 2 mm LIA grid (voxel axes: x flipped, z and y swapped)."""
+def make_subject(path: Path, skull: float = 0.0, a_mm: float = 2.0) -> Path:
+    """The template seen through SCAN_TO_TEMPLATE, on a LIA grid of 2 mm voxels (`a_mm` along A; voxel axes: x
+    flipped, z and y swapped)."""
     data, affine = template()
-    scan_affine = np.array([[-2.0, 0, 0, 90], [0, 0, 2.0, -120], [0, -2.0, 0, 100], [0, 0, 0, 1]])  # LIA
-    shape = (90, 80, 110)  # (L, I, A) voxels
+    scan_affine = np.array([[-2.0, 0, 0, 90], [0, 0, a_mm, -120], [0, -2.0, 0, 100], [0, 0, 0, 1]])  # LIA
+    shape = (90, 80, int(round(220 / a_mm)))  # (L, I, A) voxels
     to_template_voxel = np.linalg.inv(affine) @ SCAN_TO_TEMPLATE @ scan_affine
     scan = ndimage.affine_transform(data, to_template_voxel, output_shape=shape, order=1)  # (L, I, A)
     scan[scan < 1] = 0
@@ -56,22 +57,43 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
 
 
+def known_affine_error_mm(volume, alignment) -> np.ndarray:
+    """Distance (mm) between where the found and the true map put each template brain voxel in the input."""
+    data, affine = template()
+    shape, grid = aligned_grid()
+    world = (affine @ np.c_[np.argwhere(data > 0), np.ones(np.count_nonzero(data > 0))].T)  # (4, N)
+    found = alignment.matrix @ np.linalg.inv(grid) @ world
+    truth = np.linalg.inv(volume.canonical_affine) @ np.linalg.inv(SCAN_TO_TEMPLATE) @ world
+    return np.linalg.norm(volume.spacing * (found - truth)[:3].T, axis=1)  # (N,)
+
+
 def test_registration_recovers_a_known_affine(subject):
     volume = load_volume(subject)
     aligned, alignment = align_module.align(volume)
     assert alignment.registered and alignment.overlap > 0.9
     shape, grid = aligned_grid()
     assert aligned.data.shape == alignment.shape == shape and aligned.spacing == (1.0, 1.0, 1.0)
-    # template-world points of the brain, carried to input voxels by the found map and by the true one
-    data, affine = template()
-    world = (affine @ np.c_[np.argwhere(data > 0), np.ones(np.count_nonzero(data > 0))].T)  # (4, N)
-    found = alignment.matrix @ np.linalg.inv(grid) @ world
-    truth = np.linalg.inv(volume.canonical_affine) @ np.linalg.inv(SCAN_TO_TEMPLATE) @ world
-    error_mm = 2.0 * np.linalg.norm((found - truth)[:3], axis=0)  # 2 mm voxels
+    error_mm = known_affine_error_mm(volume, alignment)
     assert error_mm.mean() < 1.5 and error_mm.max() < 4.0
     # the aligned brain sits on the template's
+    data, _ = template()
     coarse = aligned.data[::2, ::2, ::2] > 0
     assert dice(coarse, data > 0) > 0.9
+
+
+def test_a_large_fine_scan_is_registered_from_a_binned_copy(tmp_path, monkeypatch):
+    import SimpleITK as sitk
+
+    volume = load_volume(make_subject(tmp_path / "fine.nii.gz", a_mm=0.8))   # 0.8 mm along A: canonical y
+    assert volume.spacing == pytest.approx((2.0, 0.8, 2.0))
+    binned, bin_shrink = [], sitk.BinShrink
+    monkeypatch.setattr(sitk, "BinShrink", lambda image, factors: binned.append(factors) or bin_shrink(image, factors))
+    monkeypatch.setattr(align_module, "REGISTER_MAX_VOXELS", volume.data.size - 1)   # just too large
+    _, alignment = align_module.align(volume)
+    assert binned == [[1, 2, 1]]                         # only the fine axis
+    assert alignment.registered and alignment.input_shape == volume.data.shape
+    error_mm = known_affine_error_mm(volume, alignment)
+    assert error_mm.mean() < 1.5 and error_mm.max() < 4.0
 
 
 def test_aligned_prepare_maps_results_back_onto_the_input_voxels(subject):
@@ -142,6 +164,8 @@ def test_sss_train_align_trains_on_aligned_slices_and_records_it(subject, tmp_pa
 def test_viewer_shows_the_aligned_scan_and_answers_on_the_inputs_voxels(qtbot, subject, tiny_checkpoint, tmp_path,
                                                                          monkeypatch):
     pytest.importorskip("pytestqt")
+    from PySide6.QtCore import Qt
+
     from sss_viewer.gui import texts
     from sss_viewer.gui.main_window import MainWindow
     from sss_viewer.gui.settings import Settings
@@ -170,4 +194,15 @@ def test_viewer_shows_the_aligned_scan_and_answers_on_the_inputs_voxels(qtbot, s
     mask = nib.load(str(done.args[0][0]))
     assert mask.shape == native.shape and np.allclose(mask.affine, nib.load(str(subject)).affine)
     assert dice(np.asarray(mask.dataobj) > 0, native > 0) > 0.85
+
+    brain = w.volume_maps().lesions[0]   # the whole brain, one region: the table counts slices as the slider does
+    first, last = mv.slice_range
+    view_first, view_last, view_peak = brain.view_slices
+    assert abs(view_first - first) <= 2 and abs(view_last - last) <= 2 and brain.slices != (view_first, view_last)
+    w.reading.table.set_lesions([brain])
+    cell = w.reading.table.proxy.index(0, 4)
+    assert cell.data() == texts.LESION_SLICES.format(first=view_first, last=view_last)
+    assert f"the scan's own axial slices {brain.slices[0]}–{brain.slices[1]}" in cell.data(Qt.ItemDataRole.ToolTipRole)
+    w.reading.jump_to(brain)
+    assert w.state.slice == view_peak
     w.close()

@@ -1,6 +1,7 @@
 """The lesion table: hand-counted regions on 2 mm voxels, numeric sorting, the size filter, clicks and CSV export."""
 
 import csv
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -75,6 +76,18 @@ def test_rows_texts_and_summary(table, lesions):
         first=1, last=11, peak=1)
     model_flags = table.proxy.index(0, 1).flags()
     assert not model_flags & Qt.ItemFlag.ItemIsEditable
+
+
+def test_an_aligned_view_shows_and_sorts_its_own_slices(qtbot, table, lesions):
+    # the view counts slices from the top: the largest region, canonical slices 1–11, is on view slices 8–18
+    flipped = [replace(l, view_slices=(19 - l.slices[1], 19 - l.slices[0], 19 - l.peak_slice)) for l in lesions]
+    table.set_lesions(flipped)
+    assert table.proxy.index(0, 4).data() == "8–18"
+    assert table.proxy.index(0, 4).data(Qt.ItemDataRole.ToolTipRole) == texts.LESION_SLICES_ALIGNED_TOOLTIP.format(
+        first=8, last=18, peak=18, scan_first=1, scan_last=11)
+    click_header(qtbot, table, 4)                                   # ascending by the view's first slice
+    firsts = [int(text.split("–")[0]) for text in column(table, 4)]
+    assert firsts == sorted(firsts) and firsts[0] == 19 - 18        # the single voxel on canonical slice 18
 
 
 def test_header_clicks_sort_numerically(qtbot, table, lesions):

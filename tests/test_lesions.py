@@ -124,6 +124,24 @@ def test_peak_slice_is_the_slice_with_most_voxels():
     assert lesion.slices == (1, 3) and lesion.peak_slice == 2 and lesion.voxels == 30
 
 
+def test_view_slices_count_a_view_that_slices_differently():
+    volume = volume_on(np.eye(4), (8, 8, 6))
+    mask = np.zeros((8, 8, 6), bool)
+    mask[1:5, 1:6, 2] = True                            # 20 voxels on slice 2: view slices 2 + x // 2 = 2, 3, 4
+    mask[1, 1, 1] = True                                # joins by its corner: view slice 1
+    mask[7, 7, 5] = True                                # alone: view slice 5 + 3 = 8
+
+    def sheared(indices):                               # (m, 3) canonical → (m,) view slice
+        return indices[:, 2] + indices[:, 0] // 2
+
+    plate, single = lesion_list(mask, mask.astype(np.float32), volume, view_slice=sheared)
+    assert plate.slices == (1, 2) and plate.peak_slice == 2
+    assert plate.view_slices == (1, 4, 3)               # view slice 3 holds x = 2, 3 (10 voxels), 2 and 4 hold 5
+    assert single.view_slices == (8, 8, 8)
+    assert "view_slices" not in plate.to_json()         # sss-detect's JSON keeps the scan's own slices
+    assert lesion_list(mask, mask.astype(np.float32), volume)[0].view_slices is None
+
+
 def test_canonical_to_native_index_matches_core_reorientation():
     native = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6) + 1
     axis = {"R": (0, 1), "L": (0, -1), "A": (1, 1), "P": (1, -1), "S": (2, 1), "I": (2, -1)}

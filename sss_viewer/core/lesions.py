@@ -15,6 +15,7 @@ import csv
 import io
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,8 @@ class Lesion:
     peak_slice: int                              # the canonical axial slice holding most of its voxels
     peak_heat: float                             # max squared error inside the region
     mean_heat: float                             # mean squared error inside the region
+    view_slices: tuple[int, int, int] | None = None  # first, last and peak slice of a view whose slices are not
+                                                     # the canonical ones (an aligned grid); None: they are
 
     def to_json(self) -> dict:
         return {"label": self.label, "voxels": self.voxels, "volume_ml": self.volume_ml,
@@ -59,12 +62,15 @@ def canonical_to_native_index(index: tuple[int, int, int], volume: Volume) -> tu
     return tuple(native)
 
 
-def lesion_list(mask: np.ndarray, error: np.ndarray, volume: Volume, min_ml: float = 0.0) -> list[Lesion]:
+def lesion_list(mask: np.ndarray, error: np.ndarray, volume: Volume, min_ml: float = 0.0,
+                view_slice: Callable[[np.ndarray], np.ndarray] | None = None) -> list[Lesion]:
     """The 26-connected regions of a canonical mask, largest first, those under `min_ml` millilitres left out.
 
     `mask` (bool) and `error` (float, the squared-error heat map) are canonical (X, Y, Z) arrays on
     `volume`'s grid, e.g. what sss-detect writes. Equal sizes keep the order of their first voxel in the
-    canonical array. Labels are renumbered 1, 2, ... after sorting and filtering.
+    canonical array. Labels are renumbered 1, 2, ... after sorting and filtering. `view_slice` maps canonical
+    voxel indices (m, 3) to the slices (m,) int of a view that slices differently (the viewer's aligned grid);
+    with it each lesion's ``view_slices`` gives its first, last and peak slice there.
     """
     mask = np.asarray(mask)
     error = np.asarray(error)
@@ -90,6 +96,7 @@ def lesion_list(mask: np.ndarray, error: np.ndarray, volume: Volume, min_ml: flo
     per_slice = np.bincount(region * shape[2] + inside[2], minlength=n * shape[2]).reshape(n, shape[2])  # (n, Z)
     world = (volume.canonical_affine @ np.c_[centres, np.ones(n)].T)[:3].T       # (n, 3) mm
     nearest = np.clip(np.floor(centres + 0.5).astype(int), 0, np.asarray(shape) - 1)  # (n, 3) canonical
+    view = None if view_slice is None else _view_slices(view_slice(np.stack(inside, axis=1)), region, n)  # (n, 3)
 
     ml = volume.voxel_volume_ml
     lesions = []
@@ -104,8 +111,21 @@ def lesion_list(mask: np.ndarray, error: np.ndarray, volume: Volume, min_ml: flo
                               slices=(int(z.start), int(z.stop) - 1),
                               centre_canonical=tuple(int(v) for v in nearest[i]),
                               peak_slice=int(per_slice[i].argmax()),
-                              peak_heat=float(peaks[i]), mean_heat=float(means[i])))
+                              peak_heat=float(peaks[i]), mean_heat=float(means[i]),
+                              view_slices=None if view is None else tuple(int(v) for v in view[i])))
     return lesions
+
+
+def _view_slices(slices: np.ndarray, region: np.ndarray, n: int) -> np.ndarray:
+    """(n, 3) first, last and peak (most voxels) view slice of each of n regions, from each flagged voxel's view
+    slice (m,) and 0-based region (m,)."""
+    low = int(slices.min())
+    per_slice = np.bincount(region * (int(slices.max()) - low + 1) + slices - low,
+                            minlength=n * (int(slices.max()) - low + 1)).reshape(n, -1)  # (n, view slices spanned)
+    present = per_slice > 0
+    first = present.argmax(axis=1)
+    last = present.shape[1] - 1 - present[:, ::-1].argmax(axis=1)
+    return np.stack([first, last, per_slice.argmax(axis=1)], axis=1) + low
 
 
 CSV_COLUMNS = ("label", "voxels", "volume_ml", "centre_r_mm", "centre_a_mm", "centre_s_mm", "voxel_i", "voxel_j",

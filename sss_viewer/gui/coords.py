@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
+
 from ..core.lesions import canonical_to_native_index
 from ..core.volume import ModelVolume, Volume
 
@@ -37,6 +41,20 @@ def canonical_to_model(mv: ModelVolume, x: float, y: float, z: int) -> tuple[int
     v = h + (cy - y) * sy / mv.pixel_mm
     last = mv.image_size - 1
     return int(z), min(max(int(v), 0), last), min(max(int(u), 0), last)
+
+
+def view_slice(mv: ModelVolume) -> Callable[[np.ndarray], np.ndarray] | None:
+    """Canonical voxel indices (m, 3) → the model slices (m,) holding them, on an aligned grid (through the
+    alignment's inverse, rounded and clamped to the slices); None when model slices are the canonical ones."""
+    if mv.alignment is None:
+        return None
+    row = np.linalg.inv(mv.alignment.matrix)[2]  # (4,) canonical voxel → aligned z
+
+    def slices(indices: np.ndarray) -> np.ndarray:
+        z = np.rint(indices @ row[:3] + row[3]).astype(int)
+        return np.clip(z, 0, mv.n_slices - 1)
+
+    return slices
 
 
 def voxel_at(volume: Volume, mv: ModelVolume, z: int, u: float, v: float) -> tuple[tuple[int, int, int], float] | None:

@@ -36,13 +36,28 @@ class Column:
 
 
 ASCENDING, DESCENDING = Qt.SortOrder.AscendingOrder, Qt.SortOrder.DescendingOrder
+
+
+def shown_slices(lesion: Lesion) -> tuple[int, int, int]:
+    """First, last and peak slice as the slider counts them: the aligned grid's on an aligned checkpoint."""
+    return lesion.view_slices or (*lesion.slices, lesion.peak_slice)
+
+
+def slices_tooltip(lesion: Lesion) -> str:
+    first, last, peak = shown_slices(lesion)
+    if lesion.view_slices is None:
+        return texts.LESION_SLICES_TOOLTIP.format(first=first, last=last, peak=peak)
+    return texts.LESION_SLICES_ALIGNED_TOOLTIP.format(first=first, last=last, peak=peak, scan_first=lesion.slices[0],
+                                                      scan_last=lesion.slices[1])
+
 COLUMNS = (  # in the order of texts.LESIONS_COLUMNS
     Column(lambda l: str(l.label), lambda l: l.label, ASCENDING),
     Column(lambda l: texts.LESION_VOLUME.format(ml=l.volume_ml), lambda l: l.volume_ml, DESCENDING),
     Column(lambda l: str(l.voxels), lambda l: l.voxels, DESCENDING),
     Column(lambda l: texts.LESION_CENTRE.format(r=l.centre_ras_mm[0], a=l.centre_ras_mm[1], s=l.centre_ras_mm[2]),
            lambda l: l.centre_ras_mm, ASCENDING),
-    Column(lambda l: texts.LESION_SLICES.format(first=l.slices[0], last=l.slices[1]), lambda l: l.slices, ASCENDING),
+    Column(lambda l: texts.LESION_SLICES.format(first=shown_slices(l)[0], last=shown_slices(l)[1]),
+           lambda l: shown_slices(l)[:2], ASCENDING),
     Column(lambda l: texts.LESION_HEAT.format(heat=l.peak_heat), lambda l: l.peak_heat, DESCENDING),
     Column(lambda l: texts.LESION_HEAT.format(heat=l.mean_heat), lambda l: l.mean_heat, DESCENDING),
     Column(lambda l: texts.LESION_VOXEL.format(i=l.centre_voxel[0], j=l.centre_voxel[1], k=l.centre_voxel[2]),
@@ -170,8 +185,7 @@ class LesionTable(QWidget):
                 item.setData(lesion.label, LABEL_ROLE)
                 item.setTextAlignment(NUMBER_ALIGN)
                 row.append(item)
-            row[SLICES_COLUMN].setToolTip(texts.LESION_SLICES_TOOLTIP.format(
-                first=lesion.slices[0], last=lesion.slices[1], peak=lesion.peak_slice))
+            row[SLICES_COLUMN].setToolTip(slices_tooltip(lesion))
             self.model.appendRow(row)
         self.view.resizeColumnsToContents()
         if selected in {l.label for l in shown}:

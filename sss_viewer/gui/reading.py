@@ -107,6 +107,8 @@ class ReadingRoom(QObject):
         mv = self.window.session.model_volume
         x, y, _ = lesion.centre_canonical
         z, v, u = canonical_to_model(mv, x, y, lesion.peak_slice)
+        if lesion.view_slices is not None:  # an aligned grid: the table's peak slice, as the slider counts
+            z = lesion.view_slices[2]
         self.window.state.set(slice=z, cursor=(v, u))
 
     # Whole-volume results

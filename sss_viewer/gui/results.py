@@ -14,6 +14,7 @@ from ..core.anomaly import PostProcess, consensus_mask, make_mask, slice_scores
 from ..core.hygiene import MapOptions, keep_persistent
 from ..core.lesions import Lesion, lesion_list
 from ..core.volume import ModelVolume, Volume
+from .coords import view_slice
 
 CACHE_BYTES = 1 << 30  # results kept per session before the least recently used are dropped
 
@@ -143,8 +144,10 @@ class VolumeMaps:
 
     @cached_property
     def lesions(self) -> list[Lesion]:
-        """Every 26-connected region of the canonical mask, largest first (the table filters by size)."""
-        return lesion_list(self.canonical_mask, self.canonical_heat, self.volume)
+        """Every 26-connected region of the canonical mask, largest first (the table filters by size), with its
+        slices on the slider's grid when that is an aligned one."""
+        return lesion_list(self.canonical_mask, self.canonical_heat, self.volume,
+                           view_slice=view_slice(self.model_volume))
 
 
 def volume_maps(cache: ResultCache, model_volume: ModelVolume, volume: Volume, timesteps: Sequence[int], seed: int,

@@ -225,7 +225,7 @@ LESIONS_COLUMN_TOOLTIPS = (
     "Volume in millilitres",
     "Number of voxels",
     "Centre of the region in scanner coordinates: R, A, S in mm; it can lie outside a curved region",
-    "First–last axial slice the region spans (0 = most inferior)",
+    "First–last axial slice the region spans, as the slider counts them (0 = most inferior)",
     "Highest heat (squared error) inside the region",
     "Mean heat (squared error) inside the region",
     "The centre's voxel as the input file indexes it (its own array order)",
@@ -235,6 +235,9 @@ LESION_CENTRE = "{r:.1f}, {a:.1f}, {s:.1f}"
 LESION_VOXEL = "{i}, {j}, {k}"
 LESION_SLICES = "{first}–{last}"
 LESION_SLICES_TOOLTIP = "axial slices {first}–{last}; most of its voxels on slice {peak}"
+LESION_SLICES_ALIGNED_TOOLTIP = ("aligned slices {first}–{last}, as the slider counts them (the scan's own axial slices "
+                                 "{scan_first}–{scan_last}, as the exported CSV and the report give them); most of its "
+                                 "voxels on slice {peak}")
 LESION_HEAT = "{heat:.3f}"
 LESIONS_MIN_SIZE = "Minimum size (mL)"
 LESIONS_MIN_SIZE_TOOLTIP = "Hide regions smaller than this; the list is filtered, nothing is recomputed"
