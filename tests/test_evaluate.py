@@ -140,6 +140,7 @@ def test_oracle_metrics_are_exactly_as_hand_computed(tmp_path):
     assert per_volume["best_threshold"] == 0.05                                           # the lowest of the best
     assert per_volume["auroc"] == pytest.approx((1 + 160 / 256 - 96 / 5888) / 2)
     assert per_volume["auprc"] == pytest.approx((160 / 256) ** 2 + (96 / 256) * (256 / 6144))
+    assert per_volume["slice_dice"] == pytest.approx(0.625)                # the protocol's, without 3-D regions
     assert result.results[0].volume["consensus"]["auprc"] == pytest.approx(per_volume["auprc"])  # same heat map
     assert "anoddpm300" not in result.results[0].volume
     sweep = result.sweep["sss300"]
@@ -212,8 +213,8 @@ def test_cli_writes_tables_and_figure_deterministically(tmp_path, checkpoint, ca
     md = (outs[0] / "table.md").read_text()
     assert md.index("| Method | Dice | IoU | Precision | Recall | AUC | Time (s) |") < md.index("⌈Dice⌉")
     assert "SSS t = 300 (with postprocessing)" in md and "optimistic" in md and "Healthy FPR" in md
-    assert ("| Method | Threshold | Volume Dice | ⌈Dice⌉ (optimistic) | AUROC | AUPRC | Healthy FPR | Best slice "
-            "threshold | Slice Dice at it (optimistic) |") in md
+    assert ("| Method | Threshold | Volume Dice | ⌈Dice⌉ (optimistic) | AUROC | AUPRC | Slice Dice, volume mask | "
+            "Healthy FPR | Best slice threshold | Slice Dice at it (optimistic) |") in md
     assert "**Optimistic: the threshold is chosen on the test data**" in md and "average precision" in md
     assert "| Intensity threshold (no model) | 1.0000 |" in md and "Intensity threshold (no model, with post" in md
     # The ramp's top 1 % is clipped to 1 in model space: more than the 0.5 % budget, so the threshold is the ceiling.
@@ -226,7 +227,7 @@ def test_cli_writes_tables_and_figure_deterministically(tmp_path, checkpoint, ca
     assert set(extra[0]["healthy_false_positive_rate"]) == set(methods)
     per_method = extra[0]["volume_metrics"]["per_method"]
     assert set(per_method) == set(methods)
-    assert set(per_method["intensity"]) == {"dice", "best_dice", "auroc", "auprc", "best_threshold"}
+    assert set(per_method["intensity"]) == {"dice", "best_dice", "auroc", "auprc", "slice_dice", "best_threshold"}
     assert set(per_method["sss250"]["auprc"]) == {"mean", "std", "per_case"}
     assert extra[0]["intensity_baseline"]["threshold"] == 1.0 and extra[0]["intensity_baseline"]["sign"] == -1
     image = read_png(outs[0] / "figure.png")
@@ -316,7 +317,7 @@ def test_intensity_baseline_threshold_and_blobs(tmp_path):
         assert rows["intensity_pp"]["dice_mean"] == pytest.approx(2 * 64 / (100 + 64))   # dilated to 10 x 10
         assert result.results[0].thresholds["intensity"] == baseline.threshold
         per_volume = result.results[0].volume["intensity"]
-        assert [per_volume[k] for k in ev.VOLUME_METRICS] == [1.0, 1.0, 1.0, 1.0]   # Dice, ⌈Dice⌉, AUROC, AUPRC
+        assert [per_volume[k] for k in ev.VOLUME_METRICS] == [1.0] * 5   # Dice, ⌈Dice⌉, AUROC, AUPRC, slice Dice
         assert result.healthy_fpr["intensity"]["mean"] == pytest.approx(30 / 6144)
         md = ev.table_md(result, "synthetic")
         assert "reconstruction (none: black" in md and f"shows lesions {'bright' if blob > 100 else 'dark'}" in md
@@ -373,6 +374,7 @@ def test_map_hygiene_in_the_protocol_and_volume_metrics(tmp_path):
     for name in ("sss300_3d5", "sss300_3d4", "sss300_min64", "sss300_er2"):   # the protocol: no persist
         assert rows[name]["dice_mean"] == rows["sss300"]["dice_mean"] == pytest.approx(0.625)
     assert vol["sss300_3d5"]["dice"] == 0.0 and vol["sss300_3d5"]["best_dice"] == 0.0
+    assert vol["sss300_3d5"]["slice_dice"] == 0.0 and vol["sss300_3d4"]["slice_dice"] == pytest.approx(0.625)
     assert result.healthy_fpr["sss300_3d5"]["mean"] == 0.0
     for name in ("sss300_3d4", "sss300_min64", "sss300_er2"):
         assert vol[name]["dice"] == vol["sss300"]["dice"] and vol[name]["auprc"] == vol["sss300"]["auprc"]
