@@ -10,8 +10,8 @@
 #   bash .ci/device.sh general SHARED_DATA OUT [TRAIN_S] [INIT]
 #                                                        the general T1 checkpoint: small (from INIT, default
 #                                                        resources/general_t1.pt) and medium (from scratch) side
-#                                                        by side on every healthy T1 but the held-out two, then
-#                                                        each calibrated on those two (half precision, 3-D
+#                                                        by side on the training T1s of resources/README.md, then
+#                                                        each calibrated on the held-out two (half precision, 3-D
 #                                                        regions) and sss-eval on the lesion-dev tumour cases
 #                                                        (LAMBDA, 100); every brain aligned to MNI first
 #   bash .ci/device.sh bench - OUT [REV]                 no training: the volume part (the UNet as it is and
@@ -49,7 +49,8 @@ if [ "$MODE" = general ]; then   # DATA is ../shared/data; the lists are resourc
     TRAIN="$H/mni152-2009a/t1.nii.gz $H/nfbs-A00028185/t1.nii.gz $H/ixi002/t1.nii.gz
            $H/brainchop/t1.nii.gz $H/freesurfer-brainmask/t1.nii.gz $W/colin27/t1.nii.gz $W/ixi012-hh-1211/t1.nii.gz
            $W/ixi013-hh-1212/t1.nii.gz $W/ixi014-hh-1236/t1.nii.gz $W/ixi015-hh-1258/t1.nii.gz
-           $W/ixi033-hh-1259/t1.nii.gz $W/ixi034-hh-1260/t1.nii.gz"
+           $W/ixi033-hh-1259/t1.nii.gz $W/ixi034-hh-1260/t1.nii.gz $W/studyforrest-sub-02/t1.nii.gz
+           $W/pycortex-s1/t1.nii.gz $W/dcm2nii-trio-b17/t1.nii.gz"   # the last three: brains extracted by deepbet
     HELD_OUT="$W/ixi039-hh-1261/t1.nii.gz $W/niivue-fs-norm/t1.nii.gz"
     stage "general: small from $INIT and medium from scratch, side by side for $TRAIN_S s"
     # shellcheck disable=SC2086

@@ -52,11 +52,15 @@ def test_threshold_is_the_smallest_within_the_budget(tmp_path, tiny_checkpoint):
 
 def test_cli_writes_a_calibrated_copy(tmp_path, tiny_checkpoint, capsys):
     source = tiny_checkpoint(PRESETS["tiny"].preprocess, step=5)
+    payload = torch.load(source, weights_only=True)
+    payload["train_state"] = {"optimizer": {"exp_avg": torch.ones(3)}, "preset_name": "tiny"}  # as a ckpt_N.pt holds
+    torch.save(payload, source)
     healthy = brain(tmp_path / "h.nii.gz", 2)
     out = tmp_path / "calibrated.pt"
     assert cal.main([str(source), "--healthy", str(healthy), "--out", str(out), "--budget", "0.05",
                      "--timestep", "40", "--device", "cpu"]) == 0
     report = json.loads(capsys.readouterr().out)
+    assert "train_state" not in torch.load(out, weights_only=True)                     # weights to run, not resume
     loaded = load_checkpoint(out)
     assert loaded.recommended.timestep == 40 and loaded.recommended.threshold == report["threshold"]
     assert "5 %" in loaded.recommended.source and "h.nii.gz" not in loaded.recommended.source

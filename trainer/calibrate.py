@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--healthy", type=Path, nargs="+", required=True, metavar="PATH",
                    help="healthy volumes NOT used in training (a brain mask beside one is applied, as in sss-train)")
     p.add_argument("--out", type=Path, required=True, metavar="CKPT",
-                   help="the calibrated copy (never the input itself)")
+                   help="the calibrated copy (never the input itself): weights and settings, no optimiser state")
     p.add_argument("--budget", type=float, default=DEFAULT_BUDGET,
                    help=f"largest share of healthy brain pixels flagged (default {DEFAULT_BUDGET})")
     p.add_argument("--timestep", type=int, help="lambda to run at (default: the checkpoint's recommended one)")
@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
               f"(post-processed{options.label}, lambda {timestep}, {args.draws} noise draw(s), seed {args.seed}) on "
               f"{len(volumes)} volume(s): {names}")
     payload = read_checkpoint(args.checkpoint)
+    payload.pop("train_state", None)     # a copy to run, not to resume: a ckpt_N.pt's optimiser state is dropped
     payload["recommended"] = Recommended(timestep=timestep, threshold=result.threshold, source=source,
                                          draws=args.draws, map_options=options).to_payload()
     if args.half:

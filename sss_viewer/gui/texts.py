@@ -210,8 +210,9 @@ CLI_BRAIN_MASK = "your own brain mask (NIfTI on the scan's grid) instead of extr
 CLI_CHECKPOINT = "sss-viewer checkpoint (.pt); default: the settings' default_checkpoint, else the bundled one"
 CLI_DEVICE = "where the model runs (default auto: CUDA when available)"
 CLI_SLICE = "axial slice to show (default: the middle of the brain)"
-CLI_TIMESTEP = "single-step timestep λ, {low}–{high} (default {default})"
-CLI_THRESHOLD = "heat-map threshold for the mask, {low}–{high} (default {default})"
+CLI_TIMESTEP = "single-step timestep λ, {low}–{high} (default: the checkpoint's recommended one, else {default})"
+CLI_THRESHOLD = ("heat-map threshold for the mask, {low}–{high} (default: the checkpoint's calibrated one, else "
+                 "{default})")
 CLI_REFERENCE = "a reference segmentation on the volume's grid, shown in yellow with its Dice, precision and recall"
 CLI_LAYOUT = "panels: four axial panels; planes: axial, coronal, sagittal and the lesion list (default: as last time)"
 CLI_SCREENSHOT = "render, wait for the shown slice's result, save the window to this PNG and exit"
