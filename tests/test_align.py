@@ -96,6 +96,18 @@ def test_a_large_fine_scan_is_registered_from_a_binned_copy(tmp_path, monkeypatc
     assert error_mm.mean() < 1.5 and error_mm.max() < 4.0
 
 
+def test_registration_runs_on_one_itk_thread_and_restores_the_count(subject, monkeypatch):
+    import SimpleITK as sitk
+
+    before, during = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(), []
+    execute = sitk.ImageRegistrationMethod.Execute
+    monkeypatch.setattr(sitk.ImageRegistrationMethod, "Execute", lambda self, *images: during.append(
+        sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()) or execute(self, *images))
+    first = align_module.align(load_volume(subject))[1].matrix
+    assert during == [1] and sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == before
+    assert np.array_equal(align_module.align(load_volume(subject))[1].matrix, first)     # bit for bit
+
+
 def test_aligned_prepare_maps_results_back_onto_the_input_voxels(subject):
     volume = load_volume(subject)
     mv = prepare(volume, CFG)

@@ -6,8 +6,9 @@ position, size and tilt; ``prepare`` repeats that for each input here:
 1. the brain (everything above the background) is registered to the bundled 2 mm template
    (``resources/mni152_brain_2mm.nii.gz``, built by ``python -m trainer.template``) by a 12-parameter affine:
    Mattes mutual information, 5 % random samples (fixed seed), regular-step gradient descent over two levels
-   (4 mm, then 2 mm), started from the brains' centres of intensity mass (a scan of more than
-   REGISTER_MAX_VOXELS voxels is registered from a copy binned by 2 along each axis finer than 0.9 mm);
+   (4 mm, then 2 mm) on one thread (so that it repeats bit for bit), started from the brains' centres of
+   intensity mass (a scan of more than REGISTER_MAX_VOXELS voxels is registered from a copy binned by 2 along
+   each axis finer than 0.9 mm);
 2. the brain is resampled (trilinear, 0 outside) onto the aligned grid: the template's box at 1 mm;
 3. ``prepare`` runs there as for any volume, and the ModelVolume keeps the ``Alignment``, so every result
    goes back onto the input's own canonical voxels through the inverse map (trilinear for maps, nearest
@@ -24,7 +25,9 @@ favour of the centre-of-mass start alone, with a warning.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field, replace
@@ -41,6 +44,7 @@ SAMPLING_SEED = 1         # the metric's random samples (ITK reads a seed of 0 a
 REGISTER_MAX_VOXELS = 2 ** 24  # a larger scan is registered from a copy binned by 2 along its sub-0.9 mm axes
 MIN_OVERLAP = 0.8         # brain Dice with the template below which an affine registration counts as failed
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS ↔ LPS (ITK's physical space), its own inverse
+_ITK_THREADS = threading.Lock()         # guards SimpleITK's process-wide thread count while a registration runs
 
 
 @dataclass(frozen=True, eq=False)
@@ -132,6 +136,23 @@ def _matrix(transform) -> np.ndarray:
     return m
 
 
+@contextlib.contextmanager
+def _one_itk_thread():
+    """SimpleITK's default thread count at 1 inside, restored after: ITK's multithreaded metric sums in an order that
+    varies from run to run, so the same scan registered differently from process to process (affine entries by
+    ~1e-5, a held-out brain's flagged share 0.20 % or 0.27 %); on one thread it repeats bit for bit."""
+    import SimpleITK as sitk
+
+    with _ITK_THREADS:
+        threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+        try:
+            yield
+        finally:
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+
+
+@_one_itk_thread()
 def _register(fixed, moving) -> tuple[np.ndarray, np.ndarray]:
     """(affine, centre-of-mass start) template world → input world, RAS (4, 4) each."""
     import SimpleITK as sitk
