@@ -503,6 +503,25 @@ def test_screenshot_shows_four_nonempty_panels(qtbot, files, tmp_path):
     w.close()
 
 
+def test_screenshot_waits_for_the_whole_volume_run_that_3d_regions_start(qtbot, files, tmp_path):
+    from sss_viewer.core.checkpoint import Recommended, atomic_torch_save
+    from sss_viewer.core.hygiene import MapOptions
+    path = tmp_path / "regions.pt"
+    payload = torch.load(files["checkpoint"], weights_only=True)
+    payload["recommended"] = Recommended(timestep=250, threshold=0.1, source="test",
+                                         map_options=MapOptions(persist=2)).to_payload()
+    atomic_torch_save(payload, path)
+    png = tmp_path / "settled.png"
+    w, (ok, message) = screenshot_window(qtbot, [str(files["volume"]), "--checkpoint", str(path), "--slice", "30",
+                                                 "--screenshot", str(png)])
+    assert ok, message
+    assert w.state.persist == 2 and not w.running and not w.missing_slices()    # the automatic run had ended
+    volume = w.volume_mask()
+    assert volume is not None and np.array_equal(w.panels.shown_mask(), volume[30])  # the saved mask: the volume's
+    assert png.is_file()
+    w.close()
+
+
 def test_screenshot_errors_exit_2(qtbot, files, tmp_path, capsys):
     png = tmp_path / "never.png"
     assert main([str(files["bad_volume"]), "--checkpoint", str(files["checkpoint"]), "--screenshot", str(png)]) == 2

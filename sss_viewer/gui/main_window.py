@@ -925,6 +925,8 @@ class MainWindow(ExportsMixin, QMainWindow):
         if completed or self._superseded:
             self._superseded = False
             self._complete_for_regions()                        # λ or seed moved during the run
+        if self._screenshot:
+            QTimer.singleShot(0, self._take_screenshot)
 
     def load_reference(self, path: str | Path) -> bool:
         """Show a segmentation on the input's grid beside the mask, with its overlap; an error dialog otherwise."""
@@ -955,7 +957,10 @@ class MainWindow(ExportsMixin, QMainWindow):
 
     # Screenshot mode
     def _take_screenshot(self) -> None:
-        if self._screenshot is None or self._shown is None or self._shown.slice != self.state.slice:
+        """Save the window once it has settled: the shown slice's result, and the whole-volume run when 3-D regions
+        started one (the mask then is the volume's, as the user sees it after waiting)."""
+        if (self._screenshot is None or self._shown is None or self._shown.slice != self.state.slice
+                or self._run is not None):
             return
         path, self._screenshot = self._screenshot, None
         if self.grab().save(str(path)):

@@ -215,7 +215,8 @@ CLI_THRESHOLD = ("heat-map threshold for the mask, {low}–{high} (default: the 
                  "{default})")
 CLI_REFERENCE = "a reference segmentation on the volume's grid, shown in yellow with its Dice, precision and recall"
 CLI_LAYOUT = "panels: four axial panels; planes: axial, coronal, sagittal and the lesion list (default: as last time)"
-CLI_SCREENSHOT = "render, wait for the shown slice's result, save the window to this PNG and exit"
+CLI_SCREENSHOT = ("render, wait for the shown slice's result (and for the whole-volume run that 3-D regions "
+                  "start by themselves), save the window to this PNG and exit")
 CLI_RANGE = "must be between {low} and {high}, not {value}"
 CLI_SCREENSHOT_FAILED = "sss-viewer: {message}"
 
