@@ -23,9 +23,24 @@ def test_flagged_share_by_hand():
     error = np.zeros((1, 12, 12), np.float32)
     error[0, 4:7, 4:7] = 0.5                                             # a 3 x 3 block ...
     error[0, 9, 9] = 0.2                                                 # ... and one weaker pixel
-    curve = dict(zip(cal.THRESHOLDS, cal.flagged_curve(error, brain)))
+    curve = {t: cal.flagged_share(error, brain, t) for t in (0.1, 0.3, 0.5, 1.0)}
     assert curve[0.1] == 0.25               # the largest region after the 3 x 3 dilation: the 5 x 5 block
     assert curve[0.3] == 0.25 and curve[0.5] == 0.0 and curve[1.0] == 0.0
+
+
+def test_the_threshold_is_refined_below_the_coarse_grid():
+    """A share that drops within budget at 0.083 (two volumes, one of them always clean): the coarse grid gives
+    0.09, the refinement 0.083; the curves cover both grids, and a clean model refines to the first fine step."""
+    share = lambda volume, t: 0.0 if volume == "b" or t >= 0.083 else 0.02                  # noqa: E731
+    curves = cal.smallest_within_budget(share, ["a", "b"], 0.005, "advice")
+    assert curves.threshold == 0.083
+    assert curves.thresholds == cal.THRESHOLDS[:8] + tuple(round(0.081 + 0.001 * j, 3) for j in range(9)) \
+        + cal.THRESHOLDS[8:]
+    assert curves.at(0.082) == {"a": 0.02, "b": 0.0} and curves.at(0.083) == {"a": 0.0, "b": 0.0}
+    assert list(curves.thresholds) == sorted(curves.thresholds) and len(curves.flagged["a"]) == 109
+    assert cal.smallest_within_budget(lambda v, t: 0.0, ["a"], 0.005, "advice").threshold == 0.001
+    with pytest.raises(ValueError, match="over the budget of 0.5 %; advice"):
+        cal.smallest_within_budget(lambda v, t: 0.01, ["a"], 0.005, "advice")
 
 
 def brain(path: Path, seed: int) -> Path:
@@ -43,7 +58,7 @@ def test_threshold_is_the_smallest_within_the_budget(tmp_path, tiny_checkpoint):
                for p in (brain(tmp_path / "a.nii.gz", 0), brain(tmp_path / "b.nii.gz", 1))]
     result = cal.calibrate(detector, volumes, timestep=40, budget=0.02)
     mean = np.mean(list(result.flagged.values()), axis=0)
-    k = cal.THRESHOLDS.index(result.threshold)
+    k = result.thresholds.index(result.threshold)
     assert np.all(mean[k:] <= 0.02) and (k == 0 or mean[k - 1] > 0.02)
     assert 0 < k and set(result.at(result.threshold)) == {v[0] for v in volumes}
     with pytest.raises(ValueError, match="budget"):

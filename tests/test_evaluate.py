@@ -415,9 +415,10 @@ class GradedDetector(OracleDetector):
 
 def test_calibrate_gives_each_method_its_own_healthy_threshold(tmp_path):
     """Healthy volume: 6 x 1024 brain pixels; on 4 slices a 64-px square (0.655) and 16 lone pixels (0.345).
-    Budget 5 % = 307.2 px. sss300: 320 px below 0.345, 256 from 0.35 to 0.65, 0 from 0.66 -> 0.35. sss300_min2
-    drops the lone pixels: at most 256 -> 0.01. sss300_pp: the square dilated to 10 x 10, largest region only:
-    400 px up to 0.65 -> 0.66. sss300_3d5 spans 4 slices only: nothing -> 0.01. anoddpm300 keeps the run's 0.3."""
+    Budget 5 % = 307.2 px. sss300: 320 px below 0.345, 256 from 0.345 to 0.654, 0 from 0.655 (float32 0.345 and
+    0.655 lie just below) -> 0.35 on the coarse grid, 0.345 refined. sss300_min2 drops the lone pixels: at most 256
+    -> 0.001. sss300_pp: the square dilated to 10 x 10, largest region only: 400 px up to 0.654 -> 0.655.
+    sss300_3d5 spans 4 slices only: nothing -> 0.001. anoddpm300 keeps the run's 0.3."""
     case = ev.prepare_case("c1", *synthetic_case(tmp_path), NO_MARGIN)
     healthy = [("h/h.nii.gz", ev.prepare_case("h", *synthetic_case(tmp_path, "h"), NO_MARGIN).volume)]
     names = ("sss300", "sss300_min2", "sss300_pp", "sss300_3d5", "anoddpm300")
@@ -425,25 +426,28 @@ def test_calibrate_gives_each_method_its_own_healthy_threshold(tmp_path):
     detector = GradedDetector()
     result = ev.evaluate(detector, [case], methods, threshold=0.3, healthy=healthy, budget=0.05)
     calls = list(detector.calls)
-    want = {"sss300": 0.35, "sss300_min2": 0.01, "sss300_pp": 0.66, "sss300_3d5": 0.01}
+    want = {"sss300": 0.345, "sss300_min2": 0.001, "sss300_pp": 0.655, "sss300_3d5": 0.001}
     assert result.calibration.thresholds == want
     assert result.results[0].thresholds == {**want, "anoddpm300": 0.3}
     curves = result.calibration.flagged
     assert set(curves) == set(want) and list(curves["sss300"]) == ["h/h.nii.gz"]
-    sss = dict(zip(ev.THRESHOLDS, curves["sss300"]["h/h.nii.gz"]))
-    assert sss[0.34] == pytest.approx(320 / 6144) and sss[0.35] == sss[0.65] == pytest.approx(256 / 6144)
+    grids = {name: c.thresholds for name, c in result.calibration.curves.items()}
+    assert grids["sss300"] == ev.THRESHOLDS[:34] + tuple(round(0.341 + 0.001 * j, 3) for j in range(9)) \
+        + ev.THRESHOLDS[34:]
+    sss = dict(zip(grids["sss300"], curves["sss300"]["h/h.nii.gz"]))
+    assert sss[0.344] == pytest.approx(320 / 6144) and sss[0.345] == sss[0.65] == pytest.approx(256 / 6144)
     assert sss[0.66] == 0.0
-    pp = dict(zip(ev.THRESHOLDS, curves["sss300_pp"]["h/h.nii.gz"]))
-    assert pp[0.01] == pp[0.65] == pytest.approx(400 / 6144) and pp[0.66] == 0.0
-    # The plain methods' curves are sss-calibrate's own (flagged_curve with the same post-processing).
+    pp = dict(zip(grids["sss300_pp"], curves["sss300_pp"]["h/h.nii.gz"]))
+    assert pp[0.01] == pp[0.654] == pytest.approx(400 / 6144) and pp[0.655] == 0.0
+    # The plain methods' curves are sss-calibrate's own (flagged_share with the same post-processing).
     from sss_viewer.core.anomaly import PostProcess
-    from trainer.calibrate import flagged_curve
+    from trainer.calibrate import flagged_share
     first, last = healthy[0][1].slice_range
     rec = detector.reconstruct(healthy[0][1].data[first:last + 1], 300, indices=range(first, last + 1),
                                brain=healthy[0][1].brain_mask[first:last + 1])
     for name, pp_on in (("sss300", False), ("sss300_pp", True)):
-        assert curves[name]["h/h.nii.gz"] == flagged_curve(rec.error, healthy[0][1].brain_mask[first:last + 1],
-                                                           PostProcess(enabled=pp_on))
+        assert curves[name]["h/h.nii.gz"] == [flagged_share(rec.error, healthy[0][1].brain_mask[first:last + 1], t,
+                                                            PostProcess(enabled=pp_on)) for t in grids[name]]
     # Each method's healthy FPR is at its own threshold, within the budget, and is the curve at that threshold.
     for name in want:
         assert result.healthy_fpr[name]["mean"] <= 0.05
@@ -462,13 +466,14 @@ def test_calibrate_gives_each_method_its_own_healthy_threshold(tmp_path):
     assert calls[0] == (300, False, tuple(range(1, 7)))
     md = ev.table_md(result, "synthetic")
     assert "at each method's own threshold (the Threshold column below; 0.3 for the iterative chain)" in md
-    assert ("the smallest of 0.01, 0.02, ..., 1.00 from which on its whole-volume masks (with its map options, 3-D "
+    assert ("the smallest of 0.01, 0.02, ..., 1.00, refined in 0.001 steps below it, from which on its whole-volume masks (with its map options, 3-D "
             "persistence and post-processing) flag at most 5 % of the brain pixels of the 1 --healthy volume(s) (h;"
             in md)
-    for name, t in (("sss300", "0.35"), ("sss300_min2", "0.01"), ("sss300_pp", "0.66"), ("anoddpm300", "0.3")):
+    for name, t in (("sss300", "0.345"), ("sss300_min2", "0.001"), ("sss300_pp", "0.655"), ("anoddpm300", "0.3")):
         assert f"| {ev.method_named(name).label} | {t} |" in md
     cal = ev.extra_json(result, {})["calibration"]
-    assert cal["budget"] == 0.05 and cal["volumes"] == ["h/h.nii.gz"] and len(cal["thresholds"]) == 100
+    assert cal["budget"] == 0.05 and cal["volumes"] == ["h/h.nii.gz"]
+    assert cal["per_method"]["sss300"]["thresholds"] == list(grids["sss300"]) and len(grids["sss300"]) == 109
     assert {n: v["threshold"] for n, v in cal["per_method"].items()} == want
     assert cal["per_method"]["sss300"]["mean_flagged_at_threshold"] == pytest.approx(256 / 6144)
     assert cal["per_method"]["sss300"]["flagged_at_threshold"] == {"h/h.nii.gz": pytest.approx(256 / 6144)}
@@ -530,10 +535,10 @@ def test_cli_calibrate(tmp_path, checkpoint, capsys, monkeypatch):
     extra = json.loads((out / "extra.json").read_text())
     cal = extra["calibration"]
     assert cal["budget"] == 0.05 and cal["volumes"] == [str(healthy)]
-    assert {n: v["threshold"] for n, v in cal["per_method"].items()} == {"sss300": 0.35, "sss300_pp": 0.66}
+    assert {n: v["threshold"] for n, v in cal["per_method"].items()} == {"sss300": 0.345, "sss300_pp": 0.655}
     for name, entry in cal["per_method"].items():
         assert extra["healthy_false_positive_rate"][name]["mean"] == entry["mean_flagged_at_threshold"] <= 0.05
     assert extra["threshold"] == 0.3 and "anoddpm300" not in cal["per_method"]
     md = (out / "table.md").read_text()
-    assert "Thresholds (--calibrate)" in md and "| SSS t = 300 (with postprocessing) | 0.66 |" in md
-    assert "| SSS t = 300 | 0.35 |" in md and "| AnoDDPM t = 300 | 0.3 |" in md
+    assert "Thresholds (--calibrate)" in md and "| SSS t = 300 (with postprocessing) | 0.655 |" in md
+    assert "| SSS t = 300 | 0.345 |" in md and "| AnoDDPM t = 300 | 0.3 |" in md

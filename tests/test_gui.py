@@ -844,13 +844,14 @@ def test_checkpoint_map_options_set_the_controls_unless_pinned(qtbot, window, fi
     w = window
     path = tmp_path / "clean.pt"
     payload = torch.load(files["checkpoint2"], weights_only=True)       # a save_checkpoint file, recalibrated
-    payload["recommended"] = Recommended(timestep=300, threshold=0.2, source="test",
+    payload["recommended"] = Recommended(timestep=300, threshold=0.083, source="test",
                                          map_options=MapOptions(median=3, erode=2, persist=2)).to_payload()
     atomic_torch_save(payload, path)
     w.open_checkpoint(path)
     wait_for(qtbot, lambda: w.session.model.path == path and w.shown is not None)
     st, c = w.state, w.controls
-    assert (st.median, st.erode, st.persist, st.lowpass, st.min_area, st.threshold) == (3, 2, 2, 0.0, 0, 0.2)
+    assert (st.median, st.erode, st.persist, st.lowpass, st.min_area, st.threshold) == (3, 2, 2, 0.0, 0, 0.083)
+    assert c.threshold_spin.value() == 0.083                             # a refined calibration's third decimal
     assert c.median_combo.currentData() == 3 and c.erode_spin.value() == 2 and c.persist_spin.value() == 2
     assert "median 3×3, brain eroded 2 px" in c.model_label.text()
     assert "median 3×3, rim 2 px" in w.panels.mask.title.text()

@@ -6,7 +6,7 @@ import argparse
 import functools
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,38 +22,44 @@ from sss_viewer.core.volume import ModelVolume, prepare
 
 from .data import healthy_scan
 
-THRESHOLDS = tuple(round(0.01 * k, 2) for k in range(1, 101))   # 0.01, 0.02, ..., 1.00
+THRESHOLDS = tuple(round(0.01 * k, 2) for k in range(1, 101))   # 0.01, 0.02, ..., 1.00: the coarse grid
+FINE_STEP = 0.001                                               # the chosen threshold is refined to this step
 DEFAULT_BUDGET = 0.005                                          # share of healthy brain pixels flagged
 
 
 @dataclass(frozen=True)
-class Calibration:
-    timestep: int
-    budget: float                          # largest mean share of healthy brain pixels flagged
-    threshold: float                       # the smallest threshold of THRESHOLDS within the budget
-    flagged: dict[str, list[float]]        # per volume: share of brain pixels flagged at each of THRESHOLDS
+class Curves:
+    """Healthy volumes' flagged shares over a threshold grid, and the smallest threshold within the budget."""
+    thresholds: tuple[float, ...]          # ascending: THRESHOLDS and the FINE_STEP steps below the chosen one
+    flagged: dict[str, list[float]]        # per volume: share of brain pixels flagged at each of thresholds
+    threshold: float                       # the smallest of thresholds from which on the mean stays within budget
 
     def at(self, threshold: float) -> dict[str, float]:
-        """Each volume's flagged share at one of THRESHOLDS."""
-        k = THRESHOLDS.index(threshold)
+        """Each volume's flagged share at one of thresholds."""
+        k = self.thresholds.index(threshold)
         return {name: curve[k] for name, curve in self.flagged.items()}
 
 
-def flagged_curve(error: np.ndarray, brain: np.ndarray, pp: PostProcess = PostProcess(),
-                  persist: int = 0) -> list[float]:
-    """Share of brain pixels in the post-processed mask at each of THRESHOLDS; error and brain (n, S, S), with
-    persist (the slices consecutive): 3-D regions spanning fewer slices dropped first."""
+@dataclass(frozen=True)
+class Calibration(Curves):
+    timestep: int
+    budget: float                          # largest mean share of healthy brain pixels flagged
+
+
+def flagged_share(error: np.ndarray, brain: np.ndarray, threshold: float, pp: PostProcess = PostProcess(),
+                  persist: int = 0) -> float:
+    """Share of brain pixels in the post-processed mask at threshold; error and brain (n, S, S), with persist (the
+    slices consecutive): 3-D regions spanning fewer slices dropped first."""
     total = max(1, int(np.count_nonzero(brain)))
-    return [float(np.count_nonzero(keep_persistent(make_mask(error, t, pp), persist) & brain) / total)
-            for t in THRESHOLDS]
+    return float(np.count_nonzero(keep_persistent(make_mask(error, threshold, pp), persist) & brain) / total)
 
 
 def calibrate(detector, volumes: Sequence[tuple[str, ModelVolume]], timestep: int, budget: float = DEFAULT_BUDGET,
               seed: int = 0, options: MapOptions = MapOptions()) -> Calibration:
     """Run single-step sampling over every brain slice of healthy volumes and make each volume's masks as the tools
-    do (heat map cleaned by `options`, post-processed, 3-D persistence); the threshold is the smallest of THRESHOLDS
-    from which on the mean flagged share (over volumes) stays within budget."""
-    flagged = {}
+    do (heat map cleaned by `options`, post-processed, 3-D persistence); the threshold is the smallest from which on
+    the mean flagged share (over volumes) stays within budget (smallest_within_budget)."""
+    heats, brains = {}, {}
     pp = options.postprocess(PostProcess())
     for name, volume in volumes:
         first, last = volume.slice_range
@@ -62,30 +68,45 @@ def calibrate(detector, volumes: Sequence[tuple[str, ModelVolume]], timestep: in
                   disable=None, leave=False) as bar:
             rec = detector.reconstruct(x0, timestep, seed=seed, indices=range(first, last + 1), brain=brain,
                                        progress=lambda done, _total: bar.update(done - bar.n) or True)
-        heat = options.clean_map(rec.error, brain, x0, rec.recon)                      # (n, S, S)
-        flagged[name] = flagged_curve(heat, brain, pp, options.persist)
-    threshold = within_budget(flagged, budget, "the checkpoint does not fit these scans")
-    return Calibration(timestep=timestep, budget=budget, threshold=threshold, flagged=flagged)
+        heats[name], brains[name] = options.clean_map(rec.error, brain, x0, rec.recon), brain  # (n, S, S)
+    curves = smallest_within_budget(lambda name, t: flagged_share(heats[name], brains[name], t, pp, options.persist),
+                                    list(heats), budget, "the checkpoint does not fit these scans")
+    return Calibration(thresholds=curves.thresholds, flagged=curves.flagged, threshold=curves.threshold,
+                       timestep=timestep, budget=budget)
 
 
-def within_budget(flagged: dict[str, list[float]], budget: float, advice: str) -> float:
-    """The smallest of THRESHOLDS from which on the mean flagged share over the volumes' curves stays within budget;
-    ValueError (ending in `advice`) when even the largest flags more."""
-    mean = np.mean(list(flagged.values()), axis=0)                     # (len(THRESHOLDS),)
+def smallest_within_budget(share: Callable[[str, float], float], volumes: Sequence[str], budget: float,
+                           advice: str) -> Curves:
+    """The smallest threshold from which on the mean of share(volume, threshold) over the volumes stays within
+    budget: found on THRESHOLDS, then refined in FINE_STEP steps down to the coarse threshold below it (a 0.01 step
+    is an eighth of a threshold near 0.08). ValueError (ending in `advice`) when even the largest flags more."""
+    coarse = {v: [share(v, t) for t in THRESHOLDS] for v in volumes}
+    k = THRESHOLDS.index(_first_within(THRESHOLDS, coarse, budget, advice))
+    below = THRESHOLDS[k - 1] if k else 0.0
+    fine = tuple(round(below + FINE_STEP * j, 3) for j in range(1, round((THRESHOLDS[k] - below) / FINE_STEP)))
+    grid = THRESHOLDS[:k] + fine + THRESHOLDS[k:]
+    flagged = {v: curve[:k] + [share(v, t) for t in fine] + curve[k:] for v, curve in coarse.items()}
+    return Curves(thresholds=grid, flagged=flagged, threshold=_first_within(grid, flagged, budget, advice))
+
+
+def _first_within(thresholds: tuple[float, ...], flagged: dict[str, list[float]], budget: float, advice: str) -> float:
+    """The smallest of thresholds from which on the mean flagged share over the volumes' curves stays within
+    budget."""
+    mean = np.mean(list(flagged.values()), axis=0)                     # (len(thresholds),)
     over = np.flatnonzero(mean > budget)
     k = 0 if over.size == 0 else int(over[-1]) + 1
-    if k == len(THRESHOLDS):
-        raise ValueError(f"even the threshold {THRESHOLDS[-1]} flags {100 * mean[-1]:.2f} % of healthy brain "
+    if k == len(thresholds):
+        raise ValueError(f"even the threshold {thresholds[-1]} flags {100 * mean[-1]:.2f} % of healthy brain "
                          f"pixels, over the budget of {100 * budget:g} %; {advice}")
-    return THRESHOLDS[k]
+    return thresholds[k]
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sss-calibrate",
         description="Choose a checkpoint's mask threshold on healthy volumes it was not trained on: the smallest "
-                    "threshold that flags at most --budget of their brain pixels (post-processed masks with the map "
-                    "hygiene asked for, mean over volumes). Writes a copy of the checkpoint that sss-detect, sss-eval "
+                    "threshold (on 0.01, ..., 1.00, refined to 0.001) that flags at most --budget of their brain "
+                    "pixels (post-processed masks with the map hygiene asked for, mean over volumes). Writes a copy of the checkpoint that sss-detect, sss-eval "
                     "and sss-viewer then run at this threshold, timestep and map hygiene by default, and prints the "
                     "measurements as JSON.")
     p.add_argument("checkpoint", type=Path, metavar="CKPT", help="checkpoint made by sss-train")
@@ -149,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"checkpoint": str(args.checkpoint), "out": str(args.out), "timestep": timestep, "draws": args.draws,
               "map_options": options.to_json(),
               "budget": args.budget, "threshold": result.threshold, "flagged_at_threshold": result.at(result.threshold),
-              "thresholds": list(THRESHOLDS), "flagged": result.flagged, "device": str(detector.device),
+              "thresholds": list(result.thresholds), "flagged": result.flagged, "device": str(detector.device),
               "precision": detector.precision}
     print(json.dumps(report, indent=1))
     return 0

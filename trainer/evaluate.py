@@ -35,7 +35,7 @@ from sss_viewer.core.volume import ModelVolume, load_mask, prepare
 
 from . import figures
 from .baselines import IntensityBaseline, lesion_sign
-from .calibrate import DEFAULT_BUDGET, THRESHOLDS, within_budget
+from .calibrate import DEFAULT_BUDGET, FINE_STEP, THRESHOLDS, Curves, smallest_within_budget
 from .data import healthy_scan
 from .png import upscale, write_png
 
@@ -466,40 +466,47 @@ class MethodCalibration:
     """--calibrate: each non-iterative model method's threshold on the healthy volumes, as sss-calibrate chooses it."""
     budget: float
     volumes: tuple[str, ...]
-    thresholds: dict[str, float]                       # per method: the smallest of THRESHOLDS within the budget
-    flagged: dict[str, dict[str, list[float]]]         # per method, per volume: flagged share at each of THRESHOLDS
+    curves: dict[str, Curves]                          # per method: flagged shares per volume and its threshold
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        return {name: c.threshold for name, c in self.curves.items()}
+
+    @property
+    def flagged(self) -> dict[str, dict[str, list[float]]]:
+        """Per method, per volume: flagged share at each of the method's grid of thresholds."""
+        return {name: c.flagged for name, c in self.curves.items()}
 
     def at_threshold(self, name: str) -> dict[str, float]:
         """Each healthy volume's flagged share for a method at its own threshold."""
-        k = THRESHOLDS.index(self.thresholds[name])
-        return {volume: curve[k] for volume, curve in self.flagged[name].items()}
+        return self.curves[name].at(self.curves[name].threshold)
 
     def to_json(self) -> dict:
         return {"budget": self.budget, "volumes": list(self.volumes),
-                "rule": "per method: the smallest of thresholds from which on the mean (over the healthy volumes) "
-                        "share of brain pixels flagged by its whole-volume masks (map options, 3-D persistence, "
-                        "post-processing) stays within budget, as sss-calibrate",
-                "thresholds": list(THRESHOLDS),
-                "per_method": {name: {"threshold": t, "flagged_at_threshold": at,
+                "rule": "per method: the smallest threshold from which on the mean (over the healthy volumes) share "
+                        "of brain pixels flagged by its whole-volume masks (map options, 3-D persistence, "
+                        "post-processing) stays within budget, as sss-calibrate: on 0.01, ..., 1.00, then refined "
+                        f"in {FINE_STEP} steps below it",
+                "per_method": {name: {"threshold": c.threshold, "flagged_at_threshold": at,
                                       "mean_flagged_at_threshold": float(np.mean(list(at.values()))),
-                                      "flagged": self.flagged[name]}
-                               for name, t in self.thresholds.items() for at in [self.at_threshold(name)]}}
+                                      "thresholds": list(c.thresholds), "flagged": c.flagged}
+                               for name, c in self.curves.items() for at in [self.at_threshold(name)]}}
 
 
 def calibrate_methods(runs: Sequence[HealthyRun], methods: Sequence[Method], budget: float) -> MethodCalibration:
-    """Each non-iterative model method's threshold on the healthy runs: its flagged-share curve over THRESHOLDS per
-    volume (masks made as it makes them on whole volumes), then sss-calibrate's rule."""
-    thresholds, flagged = {}, {}
+    """Each non-iterative model method's threshold on the healthy runs, by sss-calibrate's rule over the flagged
+    shares of its whole-volume masks (made as it makes them) per volume."""
+    by_name = {r.name: r for r in runs}
+    curves = {}
     for m in methods:
         if m.iterative or m.model_free:
             continue
-        flagged[m.name] = {r.name: [r.flagged(m, t) for t in THRESHOLDS] for r in runs}
         try:
-            thresholds[m.name] = within_budget(flagged[m.name], budget, "drop the method or raise --budget")
+            curves[m.name] = smallest_within_budget(lambda v, t, m=m: by_name[v].flagged(m, t), list(by_name),
+                                                    budget, "drop the method or raise --budget")
         except ValueError as err:
             raise EvalError(f"{m.name}: {err}") from err
-    return MethodCalibration(budget=budget, volumes=tuple(r.name for r in runs), thresholds=thresholds,
-                             flagged=flagged)
+    return MethodCalibration(budget=budget, volumes=tuple(by_name), curves=curves)
 
 
 def healthy_false_positives(detector, healthy: Sequence[tuple[str, ModelVolume]], methods: Sequence[Method],
@@ -649,8 +656,8 @@ def _calibration_note(cal: MethodCalibration) -> str:
     """table.md's sentence on how --calibrate chose the thresholds."""
     names = ", ".join(Path(v).parent.name or v for v in cal.volumes)
     return (f"Thresholds (--calibrate): each non-iterative model method's own, chosen as sss-calibrate does: the "
-            f"smallest of {THRESHOLDS[0]:.2f}, {THRESHOLDS[1]:.2f}, ..., {THRESHOLDS[-1]:.2f} from which on its "
-            f"whole-volume masks (with its map options, 3-D persistence and post-processing) flag at most "
+            f"smallest of {THRESHOLDS[0]:.2f}, {THRESHOLDS[1]:.2f}, ..., {THRESHOLDS[-1]:.2f}, refined in {FINE_STEP} "
+            f"steps below it, from which on its whole-volume masks (with its map options, 3-D persistence and post-processing) flag at most "
             f"{100 * cal.budget:g} % of the brain pixels of the {len(cal.volumes)} --healthy volume(s) ({names}; "
             "mean over volumes).")
 
@@ -873,8 +880,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{DEFAULT_THRESHOLD}); the intensity baseline has its own, from --healthy")
     p.add_argument("--calibrate", action="store_true",
                    help="each non-iterative model method at its own threshold, chosen on the --healthy volumes as "
-                        "sss-calibrate does (the smallest of 0.01..1.00 within --budget, its masks made with its map "
-                        "options); --threshold then applies to the anoddpm* chains only. Needs --healthy")
+                        "sss-calibrate does (the smallest of 0.01..1.00, refined to 0.001, within --budget, its masks made "
+                        "with its map options); --threshold then applies to the anoddpm* chains only. Needs --healthy")
     p.add_argument("--budget", type=float, default=None,
                    help=f"with --calibrate: largest mean share of healthy brain pixels a method flags (default "
                         f"{DEFAULT_BUDGET}); the intensity baseline keeps its own")
