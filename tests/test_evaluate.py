@@ -466,9 +466,9 @@ def test_calibrate_gives_each_method_its_own_healthy_threshold(tmp_path):
     assert calls[0] == (300, False, tuple(range(1, 7)))
     md = ev.table_md(result, "synthetic")
     assert "at each method's own threshold (the Threshold column below; 0.3 for the iterative chain)" in md
-    assert ("the smallest of 0.01, 0.02, ..., 1.00, refined in 0.001 steps below it, from which on its whole-volume masks (with its map options, 3-D "
-            "persistence and post-processing) flag at most 5 % of the brain pixels of the 1 --healthy volume(s) (h;"
-            in md)
+    assert ("the smallest of 0.01, 0.02, ..., 1.00, refined in 0.001 steps below it, from which on its "
+            "whole-volume masks (with its map options, 3-D persistence and post-processing) flag at most 5 % of the "
+            "brain pixels of the 1 --healthy volume(s) (h;" in md)
     for name, t in (("sss300", "0.345"), ("sss300_min2", "0.001"), ("sss300_pp", "0.655"), ("anoddpm300", "0.3")):
         assert f"| {ev.method_named(name).label} | {t} |" in md
     cal = ev.extra_json(result, {})["calibration"]

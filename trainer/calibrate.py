@@ -106,9 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sss-calibrate",
         description="Choose a checkpoint's mask threshold on healthy volumes it was not trained on: the smallest "
                     "threshold (on 0.01, ..., 1.00, refined to 0.001) that flags at most --budget of their brain "
-                    "pixels (post-processed masks with the map hygiene asked for, mean over volumes). Writes a copy of the checkpoint that sss-detect, sss-eval "
-                    "and sss-viewer then run at this threshold, timestep and map hygiene by default, and prints the "
-                    "measurements as JSON.")
+                    "pixels (post-processed masks with the map hygiene asked for, mean over volumes). Writes a copy "
+                    "of the checkpoint that sss-detect, sss-eval and sss-viewer then run at this threshold, timestep "
+                    "and map hygiene by default, and prints the measurements as JSON.")
     p.add_argument("checkpoint", type=Path, metavar="CKPT", help="checkpoint made by sss-train")
     p.add_argument("--healthy", type=Path, nargs="+", required=True, metavar="PATH",
                    help="healthy volumes NOT used in training (a brain mask beside one is applied, as in sss-train)")

@@ -657,9 +657,9 @@ def _calibration_note(cal: MethodCalibration) -> str:
     names = ", ".join(Path(v).parent.name or v for v in cal.volumes)
     return (f"Thresholds (--calibrate): each non-iterative model method's own, chosen as sss-calibrate does: the "
             f"smallest of {THRESHOLDS[0]:.2f}, {THRESHOLDS[1]:.2f}, ..., {THRESHOLDS[-1]:.2f}, refined in {FINE_STEP} "
-            f"steps below it, from which on its whole-volume masks (with its map options, 3-D persistence and post-processing) flag at most "
-            f"{100 * cal.budget:g} % of the brain pixels of the {len(cal.volumes)} --healthy volume(s) ({names}; "
-            "mean over volumes).")
+            f"steps below it, from which on its whole-volume masks (with its map options, 3-D persistence and "
+            f"post-processing) flag at most {100 * cal.budget:g} % of the brain pixels of the {len(cal.volumes)} "
+            f"--healthy volume(s) ({names}; mean over volumes).")
 
 
 def table_md(ev: Evaluation, source: str) -> str:
@@ -880,8 +880,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{DEFAULT_THRESHOLD}); the intensity baseline has its own, from --healthy")
     p.add_argument("--calibrate", action="store_true",
                    help="each non-iterative model method at its own threshold, chosen on the --healthy volumes as "
-                        "sss-calibrate does (the smallest of 0.01..1.00, refined to 0.001, within --budget, its masks made "
-                        "with its map options); --threshold then applies to the anoddpm* chains only. Needs --healthy")
+                        "sss-calibrate does (the smallest of 0.01..1.00, refined to 0.001, within --budget, its "
+                        "masks made with its map options); --threshold then applies to the anoddpm* chains only. "
+                        "Needs --healthy")
     p.add_argument("--budget", type=float, default=None,
                    help=f"with --calibrate: largest mean share of healthy brain pixels a method flags (default "
                         f"{DEFAULT_BUDGET}); the intensity baseline keeps its own")
