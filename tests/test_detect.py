@@ -75,8 +75,9 @@ def test_three_outputs_on_the_input_grid(tmp_path, checkpoint, capsys):
     assert set(report["timings_s"]) == {"load", "preprocess", "model", "postprocess", "write", "total"}
     assert report["parameters"]["timesteps"] == [300] and report["parameters"]["seed"] == 3
     assert report["parameters"]["postprocess"] is True and report["parameters"]["threshold"] == 0.3
-    assert report["parameters"]["map_options"] == {"lowpass": 0.0, "median": 0, "erode": 0, "min_area": 0,
-                                                   "persist": 0, "name": ""}             # the paper's maps
+    assert report["parameters"]["map_options"] == {"lowpass": 0.0, "median": 0, "erode": 0, "normative": False,
+                                                   "min_area": 0, "persist": 0, "name": ""}   # the paper's maps
+    assert report["parameters"]["normative_off"] is None
     first, last = report["slice_range"]
     assert (first, last) == (1, 6)
     assert [s["slice"] for s in report["slice_scores"]] == list(range(first, last + 1))

@@ -338,7 +338,7 @@ def test_intensity_baseline_threshold_and_blobs(tmp_path):
 
 def test_method_names_with_map_hygiene_round_trip():
     for name in ("sss300_lp1_med3_er2_min20_3d3_pp", "sss250_lp1.5", "sss300_med5", "sss300_er2_pp", "sss175_min20",
-                 "sss300_3d3", "anoddpm250_med3_pp"):
+                 "sss300_3d3", "anoddpm250_med3_pp", "sss100_nm_3d3_pp", "sss100_er2_nm"):
         m = ev.method_named(name)
         assert m.name == name and ev.method_named(m.name) == m
         kind = "anoddpm" if m.iterative else "sss"
@@ -349,7 +349,7 @@ def test_method_names_with_map_hygiene_round_trip():
                        "over ≥ 3 slices (whole volumes) (with postprocessing)")
     assert ev.method_named("sss300_lp1.0_med03").name == "sss300_lp1_med3"          # canonical
     assert ev.method_named("sss300_med0_pp") is ev.METHODS["sss300_pp"]
-    for bad in ("sss300_pp_med3", "sss300_med3_lp1", "sss300_lp", "sss300_3d", "consensus_med3"):
+    for bad in ("sss300_pp_med3", "sss300_med3_lp1", "sss300_lp", "sss300_3d", "consensus_med3", "sss300_nm_er2"):
         assert ev.method_named(bad) is None, bad                                    # fixed order, values required
     with pytest.raises(ValueError, match="odd"):
         ev.method_named("sss300_med4")
@@ -357,7 +357,7 @@ def test_method_names_with_map_hygiene_round_trip():
     with pytest.raises(Exception, match="odd"):
         ev.parse_methods("sss300_med4")
     methods_help = next(a.help for a in ev.build_parser()._actions if "--methods" in a.option_strings)
-    assert "sss<T>[_lp<sigma>][_med<k>][_er<px>][_min<px>][_3d<n>][_pp]" in methods_help
+    assert "sss<T>[_lp<sigma>][_med<k>][_er<px>][_nm][_min<px>][_3d<n>][_pp]" in methods_help
 
 
 def test_map_hygiene_in_the_protocol_and_volume_metrics(tmp_path):

@@ -35,7 +35,8 @@ def test_unseen_healthy_brain_is_quiet_at_the_default_settings(general, real_dat
     image = real_data / "healthy-with-skull" / "niivue-fs-norm" / "t1.nii.gz"   # not trained on; calibrated on
     volume = prepare(healthy_scan(image).volume, general.preset.preprocess)
     rec = general.recommended
-    result = detect_volume(Detector(general.model, general.preset, "cpu"), volume, (rec.timestep,), rec.threshold,
+    detector = Detector(general.model, general.preset, "cpu", draws=rec.draws, normative=general.normative)
+    result = detect_volume(detector, volume, (rec.timestep,), rec.threshold,
                            options=rec.map_options)                   # as sss-detect and the viewer run it
     brain = volume.brain_mask[result.slice_indices]
     flagged = np.count_nonzero(result.mask & brain) / np.count_nonzero(brain)

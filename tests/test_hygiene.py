@@ -100,12 +100,13 @@ def test_min_area_drops_small_regions_with_or_without_postprocessing():
 
 def test_map_options_names_checks_and_defaults():
     assert MapOptions().name == "" and MapOptions().label == "" and not MapOptions().map_level
-    full = MapOptions(lowpass=1, median=3, erode=2, min_area=20, persist=3)
-    assert full.name == "_lp1_med3_er2_min20_3d3"
+    full = MapOptions(lowpass=1, median=3, erode=2, normative=True, min_area=20, persist=3)
+    assert full.name == "_lp1_med3_er2_nm_min20_3d3"
     assert MapOptions(lowpass=1.5).name == "_lp1.5" and MapOptions(persist=2).name == "_3d2"
-    assert full.to_json() == {"lowpass": 1.0, "median": 3, "erode": 2, "min_area": 20, "persist": 3,
-                              "name": "_lp1_med3_er2_min20_3d3"}
-    assert full.without_persist() == MapOptions(lowpass=1, median=3, erode=2, min_area=20)
+    assert full.to_json() == {"lowpass": 1.0, "median": 3, "erode": 2, "normative": True, "min_area": 20,
+                              "persist": 3, "name": "_lp1_med3_er2_nm_min20_3d3"}
+    assert full.without_persist() == MapOptions(lowpass=1, median=3, erode=2, normative=True, min_area=20)
+    assert full.map_key == (1.0, 3, 2, True) and full.norm_key == (1.0, 3, 2)
     assert MapOptions(min_area=5, persist=2).map_level is False
     for bad in ({"median": 2}, {"median": -3}, {"erode": -1}, {"lowpass": -0.5}, {"lowpass": float("nan")},
                 {"persist": 1.5}):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,10 @@ import torch
 from tqdm import tqdm
 
 from sss_viewer.cli import add_map_options, bad_input, given_map_options
-from sss_viewer.core.anomaly import PRECISION_HELP, PRECISIONS, PostProcess, make_mask
+from sss_viewer.core.anomaly import PRECISION_HELP, PRECISIONS, PostProcess, make_mask, norm_slices
 from sss_viewer.core.checkpoint import Recommended, atomic_torch_save, load_detector, read_checkpoint
 from sss_viewer.core.hygiene import MapOptions, keep_persistent
+from sss_viewer.core.normative import DEFAULT_SIGMA_MM, NormativeMap, NormativeSum
 from sss_viewer.core.volume import ModelVolume, prepare
 
 from .data import healthy_scan
@@ -57,22 +59,42 @@ def flagged_share(error: np.ndarray, brain: np.ndarray, threshold: float, pp: Po
 def calibrate(detector, volumes: Sequence[tuple[str, ModelVolume]], timestep: int, budget: float = DEFAULT_BUDGET,
               seed: int = 0, options: MapOptions = MapOptions()) -> Calibration:
     """Run single-step sampling over every brain slice of healthy volumes and make each volume's masks as the tools
-    do (heat map cleaned by `options`, post-processed, 3-D persistence); the threshold is the smallest from which on
-    the mean flagged share (over volumes) stays within budget (smallest_within_budget)."""
+    do (heat map cleaned by `options`, the detector's healthy norm subtracted when they say so, post-processed, 3-D
+    persistence); the threshold is the smallest from which on the mean flagged share (over volumes) stays within
+    budget (smallest_within_budget)."""
     heats, brains = {}, {}
     pp = options.postprocess(PostProcess())
     for name, volume in volumes:
-        first, last = volume.slice_range
-        x0, brain = volume.data[first:last + 1], volume.brain_mask[first:last + 1]      # (n, S, S) each
-        with tqdm(total=last - first + 1, desc=Path(name).parent.name or name, unit="slice", file=sys.stderr,
-                  disable=None, leave=False) as bar:
-            rec = detector.reconstruct(x0, timestep, seed=seed, indices=range(first, last + 1), brain=brain,
-                                       progress=lambda done, _total: bar.update(done - bar.n) or True)
-        heats[name], brains[name] = options.clean_map(rec.error, brain, x0, rec.recon), brain  # (n, S, S)
+        heats[name], brains[name] = _heat(detector, name, volume, timestep, seed, options)   # (n, S, S) each
     curves = smallest_within_budget(lambda name, t: flagged_share(heats[name], brains[name], t, pp, options.persist),
                                     list(heats), budget, "the checkpoint does not fit these scans")
     return Calibration(thresholds=curves.thresholds, flagged=curves.flagged, threshold=curves.threshold,
                        timestep=timestep, budget=budget)
+
+
+def _heat(detector, name: str, volume: ModelVolume, timestep: int, seed: int,
+          options: MapOptions) -> tuple[np.ndarray, np.ndarray]:
+    """A volume's heat map over its brain slices, cleaned by options (with the detector's norm when they ask), and
+    its brain mask: (n, S, S) each."""
+    first, last = volume.slice_range
+    x0, brain = volume.data[first:last + 1], volume.brain_mask[first:last + 1]          # (n, S, S) each
+    with tqdm(total=last - first + 1, desc=Path(name).parent.name or name, unit="slice", file=sys.stderr,
+              disable=None, leave=False) as bar:
+        rec = detector.reconstruct(x0, timestep, seed=seed, indices=range(first, last + 1), brain=brain,
+                                   progress=lambda done, _total: bar.update(done - bar.n) or True)
+    norm = norm_slices(detector, volume, first, last) if options.normative else None
+    return options.clean_map(rec.error, brain, x0, rec.recon, norm), brain
+
+
+def healthy_norm(detector, volumes: Sequence[tuple[str, ModelVolume]], timestep: int, seed: int = 0,
+                 options: MapOptions = MapOptions(), sigma_mm: float = DEFAULT_SIGMA_MM) -> NormativeMap:
+    """The healthy norm of the detector's heat maps (cleaned by options up to the norm) over MNI-aligned healthy
+    volumes, at this timestep and the detector's noise draws."""
+    total = NormativeSum()
+    before = replace(options, normative=False)
+    for name, volume in volumes:
+        total.add(Path(name).parent.name or name, volume, _heat(detector, name, volume, timestep, seed, before)[0])
+    return total.build(timestep, detector.draws, options.norm_key, sigma_mm)
 
 
 def smallest_within_budget(share: Callable[[str, float], float], volumes: Sequence[str], budget: float,
@@ -124,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="noise draws averaged per slice, stored with the threshold (default 1)")
     add_map_options(p, "the threshold is calibrated on masks made with them and they are stored beside it, so "
                        "sss-detect and sss-viewer apply them by default (default: all off, the paper's maps)")
+    p.add_argument("--normative-from", type=Path, nargs="+", metavar="PATH",
+                   help="make the healthy norm (the mean heat map, on the MNI grid) from these healthy volumes, e.g. "
+                        "the training scans, never the --healthy ones; stored in the copy and subtracted from heat "
+                        "maps (--normative on); needs a checkpoint trained with --align mni-affine")
+    p.add_argument("--normative-sigma", type=float, default=DEFAULT_SIGMA_MM, metavar="MM",
+                   help=f"Gaussian smoothing of the healthy norm in mm (default {DEFAULT_SIGMA_MM:g})")
     p.add_argument("--half", action="store_true",
                    help="store the weights in half precision (half the file; measured with the rounded weights)")
     return p
@@ -139,6 +167,19 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"--out {args.out} is the input checkpoint; write the calibrated copy to another file")
     try:
         options = given_map_options(args) or MapOptions()
+    except ValueError as err:
+        return fail(err)
+    if args.normative_from:
+        if args.normative == "off":
+            return fail("--normative-from makes a healthy norm to subtract; drop --normative off")
+        overlap = {p.resolve() for p in args.normative_from} & {p.resolve() for p in args.healthy}
+        if overlap:
+            return fail(f"{sorted(overlap)[0]} is both in --normative-from and --healthy; calibrate on other scans "
+                        "than the norm was made from")
+        if not (math.isfinite(args.normative_sigma) and args.normative_sigma >= 0):
+            return fail(f"--normative-sigma is a smoothing in mm, 0 or more, not {args.normative_sigma}")
+        options = replace(options, normative=True)
+    try:
         ckpt, detector = load_detector(args.checkpoint, args.device, precision=args.precision, draws=args.draws)
         if args.half:
             with torch.no_grad():                    # the detector runs this model: measure what will be stored
@@ -148,19 +189,37 @@ def main(argv: list[str] | None = None) -> int:
         timestep = ckpt.recommended.timestep if args.timestep is None else args.timestep
         if not 0 <= timestep < ckpt.preset.diffusion.timesteps:
             raise ValueError(f"--timestep {timestep} is outside [0, {ckpt.preset.diffusion.timesteps})")
+        if args.normative_from:
+            if ckpt.preset.preprocess.align != "mni-affine":
+                raise ValueError(f"{args.checkpoint.name} runs on scans as read; the healthy norm needs a checkpoint "
+                                 "trained on MNI-aligned brains (sss-train --align mni-affine)")
+            norm_volumes = [(str(p), prepare(healthy_scan(p).volume, ckpt.preset.preprocess))
+                            for p in args.normative_from]
+            detector.normative = healthy_norm(detector, norm_volumes, timestep, args.seed, options,
+                                              args.normative_sigma)
+        elif options.normative:
+            why = ("it has none" if detector.normative is None else
+                   detector.normative.mismatch((timestep,), args.draws, options.norm_key))
+            if why:
+                raise ValueError(f"--normative on: the checkpoint's healthy norm does not fit ({why}); make one "
+                                 "with --normative-from")
         volumes = [(str(p), prepare(healthy_scan(p).volume, ckpt.preset.preprocess))
                    for p in args.healthy]
         result = calibrate(detector, volumes, timestep, args.budget, args.seed, options)
     except ValueError as err:  # CheckpointError, VolumeError, the device, a budget no threshold meets
         return fail(err)
     names = ", ".join(Path(name).parent.name or name for name in result.flagged)
+    norm = detector.normative if options.normative else None
     source = (f"sss-calibrate: threshold for at most {100 * args.budget:g} % of healthy brain pixels flagged "
               f"(post-processed{options.label}, lambda {timestep}, {args.draws} noise draw(s), seed {args.seed}) on "
-              f"{len(volumes)} volume(s): {names}")
+              f"{len(volumes)} volume(s): {names}"
+              + (f"; healthy norm of {len(norm.volumes)} volume(s): {', '.join(norm.volumes)}" if norm else ""))
     payload = read_checkpoint(args.checkpoint)
     payload.pop("train_state", None)     # a copy to run, not to resume: a ckpt_N.pt's optimiser state is dropped
     payload["recommended"] = Recommended(timestep=timestep, threshold=result.threshold, source=source,
                                          draws=args.draws, map_options=options).to_payload()
+    if args.normative_from:
+        payload["normative"] = detector.normative.to_payload()
     if args.half:
         payload["ema"] = {k: v.half() if v.is_floating_point() else v for k, v in payload["ema"].items()}
     try:
@@ -169,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"cannot write {args.out} ({err.strerror}); check the folder's permissions and free space")
     report = {"checkpoint": str(args.checkpoint), "out": str(args.out), "timestep": timestep, "draws": args.draws,
               "map_options": options.to_json(),
+              "normative": None if norm is None else {"volumes": list(norm.volumes), "sigma_mm": norm.sigma_mm,
+                                                      "timestep": norm.timestep, "made_now": bool(args.normative_from)},
               "budget": args.budget, "threshold": result.threshold, "flagged_at_threshold": result.at(result.threshold),
               "thresholds": list(result.thresholds), "flagged": result.flagged, "device": str(detector.device),
               "precision": detector.precision}

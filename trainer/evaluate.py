@@ -107,12 +107,13 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 )}
 BASELINES = ("intensity", "intensity_pp")
 DEFAULT_METHODS = ("sss250", "sss300", "sss250_pp", "sss300_pp", "consensus", *BASELINES)
-_METHOD_NAME = re.compile(r"^(sss|anoddpm)(\d{1,3})(?:_lp(\d+(?:\.\d+)?))?(?:_med(\d+))?(?:_er(\d+))?(?:_min(\d+))?"
-                          r"(?:_3d(\d+))?(_pp)?$")
-METHOD_GRAMMAR = ("sss<T>[_lp<sigma>][_med<k>][_er<px>][_min<px>][_3d<n>][_pp] (anoddpm<T>... alike): T the "
+_METHOD_NAME = re.compile(r"^(sss|anoddpm)(\d{1,3})(?:_lp(\d+(?:\.\d+)?))?(?:_med(\d+))?(?:_er(\d+))?(_nm)?"
+                          r"(?:_min(\d+))?(?:_3d(\d+))?(_pp)?$")
+METHOD_GRAMMAR = ("sss<T>[_lp<sigma>][_med<k>][_er<px>][_nm][_min<px>][_3d<n>][_pp] (anoddpm<T>... alike): T the "
                   "timestep; _lp<sigma> the error of both images low-pass filtered alike (Gaussian sigma, model "
                   "pixels, e.g. _lp1.5); _med<k> a k x k median filter of the heat map (k odd); _er<px> the brain "
-                  "eroded by px pixels; _min<px> regions under px pixels dropped; _3d<n> whole volumes only: 3-D "
+                  "eroded by px pixels; _nm the checkpoint's healthy norm subtracted (sss-calibrate "
+                  "--normative-from); _min<px> regions under px pixels dropped; _3d<n> whole volumes only: 3-D "
                   "regions kept when they span at least n slices; _pp the paper's dilation + largest region")
 
 
@@ -125,10 +126,10 @@ def method_named(name: str) -> Method | None:
     found = _METHOD_NAME.match(name)
     if found is None:
         return None
-    kind, t, lp, med, er, area, persist, pp = found.groups()
+    kind, t, lp, med, er, nm, area, persist, pp = found.groups()
     t, pp = int(t), bool(pp)
-    options = MapOptions(lowpass=float(lp or 0), median=int(med or 0), erode=int(er or 0), min_area=int(area or 0),
-                         persist=int(persist or 0))
+    options = MapOptions(lowpass=float(lp or 0), median=int(med or 0), erode=int(er or 0), normative=bool(nm),
+                         min_area=int(area or 0), persist=int(persist or 0))
     canonical = f"{kind}{t}{options.name}" + ("_pp" if pp else "")
     if canonical in METHODS:
         return METHODS[canonical]
@@ -247,6 +248,7 @@ class CaseResult:
     volume: dict[str, dict[str, float]] = field(default_factory=dict)   # per non-iterative method: VOLUME_METRICS
     #                                         and best_threshold, over all brain slices
     cleaned: dict = field(default_factory=dict, repr=False)   # per (run key, MapOptions.map_key): its heat map
+    norm: np.ndarray | None = field(default=None, repr=False)  # (Z, S, S) the healthy norm; None: no method uses it
 
     def maps(self, m: Method) -> list[np.ndarray]:
         """The method's (n, S, S) heat maps on the protocol slices: one per timestep (cleaned by its map options),
@@ -257,14 +259,30 @@ class CaseResult:
             return [self.runs[k].error for k in m.keys()]
         sel = list(self.case.slices)
         x0, brain = self.case.volume.data[sel], self.case.volume.brain_mask[sel]     # (n, S, S) each
-        return [_cleaned(self.cleaned, (k, m.options.map_key), m.options, self.runs[k], x0, brain) for k in m.keys()]
+        norm = None if self.norm is None else self.norm[sel]
+        return [_cleaned(self.cleaned, (k, m.options.map_key), m.options, self.runs[k], x0, brain, norm)
+                for k in m.keys()]
 
 
-def _cleaned(cache: dict, key, options: MapOptions, run, x0: np.ndarray, brain: np.ndarray) -> np.ndarray:
-    """options.clean_map of a run's (n, S, S) error (x0 and brain its slices), made once per key."""
+def _cleaned(cache: dict, key, options: MapOptions, run, x0: np.ndarray, brain: np.ndarray,
+             norm: np.ndarray | None) -> np.ndarray:
+    """options.clean_map of a run's (n, S, S) error (x0, brain and the healthy norm its slices), made once per key;
+    the excess over the norm keeps its sign, so AUC ranks below-norm pixels rather than tying them at 0 (the masks
+    are those of the heat map shown: every threshold is positive)."""
     if key not in cache:
-        cache[key] = options.clean_map(run.error, brain, x0, run.recon)
+        cache[key] = options.clean_map(run.error, brain, x0, run.recon, norm, signed=True)
     return cache[key]
+
+
+def _norm(detector, volume: ModelVolume, methods: Sequence[Method]) -> np.ndarray | None:
+    """The detector's healthy norm sampled like the volume, (Z, S, S), when a method subtracts it; else None."""
+    if not any(m.options.normative for m in methods):
+        return None
+    norm = getattr(detector, "normative", None)
+    if norm is None:
+        raise EvalError("a method subtracts the healthy norm (_nm), and the checkpoint has none; make one with "
+                        "sss-calibrate --normative-from")
+    return norm.model_slices(volume)
 
 
 @dataclass
@@ -312,7 +330,7 @@ def _volume_runs(detector, volume: ModelVolume, timesteps: Sequence[int], seed: 
 
 
 def _whole_maps(m: Method, runs: dict[int, Reconstruction], score: np.ndarray | None, volume: ModelVolume,
-                cache: dict) -> list[np.ndarray]:
+                cache: dict, norm: np.ndarray | None) -> list[np.ndarray]:
     """A non-iterative method's (n, S, S) heat maps over a volume's brain slices: per timestep (cleaned by its map
     options, made once per cache), or the baseline's."""
     if m.model_free:
@@ -321,7 +339,8 @@ def _whole_maps(m: Method, runs: dict[int, Reconstruction], score: np.ndarray | 
         return [runs[t].error for t in m.timesteps]
     first, last = volume.slice_range
     x0, brain = volume.data[first:last + 1], volume.brain_mask[first:last + 1]     # (n, S, S) each
-    return [_cleaned(cache, (t, m.options.map_key), m.options, runs[t], x0, brain) for t in m.timesteps]
+    norm = None if norm is None else norm[first:last + 1]
+    return [_cleaned(cache, (t, m.options.map_key), m.options, runs[t], x0, brain, norm) for t in m.timesteps]
 
 
 def dice_sweep(m: Method, maps: Sequence[np.ndarray], threshold: float, truth: np.ndarray) -> dict[str, float]:
@@ -356,7 +375,7 @@ def evaluate_case(detector, case: Case, methods: Sequence[Method], threshold: fl
         score_seconds = time.perf_counter() - start
     result = CaseResult(case=case, runs=runs, score=score,
                         thresholds={m.name: own_score if m.model_free else (own or {}).get(m.name, threshold)
-                                    for m in methods})
+                                    for m in methods}, norm=_norm(detector, case.volume, methods))
     for m in methods:
         start = time.perf_counter()
         result.masks[m.name] = m.segment(result.maps(m), result.thresholds[m.name])
@@ -372,7 +391,7 @@ def evaluate_case(detector, case: Case, methods: Sequence[Method], threshold: fl
         ranked: dict[tuple, dict[str, float]] = {}                         # per heat map: m and m_pp share one
         cache: dict = {}
         for m in whole:
-            maps = _whole_maps(m, recs, score, case.volume, cache)
+            maps = _whole_maps(m, recs, score, case.volume, cache, result.norm)
             key = (m.timesteps, m.options.map_key)
             if key not in ranked:
                 heat, lesion = m.heat(maps)[inside], truth[inside]          # (N,) each: the brain pixels
@@ -432,6 +451,7 @@ class HealthyRun:
     volume: ModelVolume
     recs: dict[int, Reconstruction]          # per timestep, (n_brain, S, S)
     score: np.ndarray | None                 # (n_brain, S, S) the intensity baseline's heat map; None without it
+    norm: np.ndarray | None = field(default=None, repr=False)  # (Z, S, S) the healthy norm; None: no method uses it
     cache: dict = field(default_factory=dict, repr=False)   # cleaned heat maps (see _whole_maps)
 
     @property
@@ -441,7 +461,8 @@ class HealthyRun:
 
     def flagged(self, m: Method, threshold: float) -> float:
         """The share of brain pixels in m's whole-volume mask at threshold (map options, persist, post-processing)."""
-        mask = m.segment(_whole_maps(m, self.recs, self.score, self.volume, self.cache), threshold, volume=True)
+        mask = m.segment(_whole_maps(m, self.recs, self.score, self.volume, self.cache, self.norm), threshold,
+                         volume=True)
         return float(np.count_nonzero(mask & self.brain) / max(1, int(np.count_nonzero(self.brain))))
 
 
@@ -458,7 +479,7 @@ def healthy_runs(detector, healthy: Sequence[tuple[str, ModelVolume]], methods: 
                   disable=None, leave=False) as bar:
             recs = _volume_runs(detector, volume, timesteps, seed, _Progress(bar))
         score = intensity.score(volume, slice(first, last + 1)) if intensity is not None else None
-        yield HealthyRun(name, volume, recs, score)
+        yield HealthyRun(name, volume, recs, score, _norm(detector, volume, methods))
 
 
 @dataclass(frozen=True)
@@ -640,11 +661,16 @@ def _figure_method(ev: Evaluation) -> Method:
 def _hygiene_note(ev: Evaluation) -> str:
     """table.md's words on the map hygiene options its rows use."""
     persist = any(m.options.persist for m in ev.methods)
+    norm = any(m.options.normative for m in ev.methods)
     return ("Map hygiene (beyond the paper; in the row labels): low-pass σ: the heat map is the squared difference of "
             "the slice and its reconstruction both blurred alike by a Gaussian of σ model pixels; median k×k: a "
             "median filter of each slice's heat map; brain eroded: the heat map zeroed within that many pixels of "
             "the brain mask's rim; regions ≥: connected regions of a slice's mask smaller than that are dropped "
             "(after the dilation with postprocessing)."
+            + (" Healthy norm subtracted: the heat map less the checkpoint's healthy norm N (the mean heat map of "
+               "healthy brains on the MNI grid, sss-calibrate --normative-from), E - N; masks threshold it as "
+               "shown (below-norm pixels 0), AUC, AUROC and AUPRC rank its signed value (outside the brain "
+               "lowest)." if norm else "")
             + (" 3-D regions over ≥ n slices: in a whole volume's mask a 3-D connected region (6-connected) is kept "
                "only when it spans at least n consecutive slices; **it applies to the per-volume metrics and the "
                "healthy FPR only: the paper's 4-slice protocol table has no neighbouring slices, so its masks are made "
@@ -918,6 +944,14 @@ def main(argv: list[str] | None = None) -> int:
     too_far = sorted({t for m in methods for t in m.timesteps if t >= ckpt.preset.diffusion.timesteps})
     if too_far:
         return fail(f"the checkpoint's diffusion has {ckpt.preset.diffusion.timesteps} steps; methods need {too_far}")
+    for m in methods:
+        if m.options.normative:
+            why = ("it is made of single-step heat maps" if m.iterative else "the checkpoint has none"
+                   if ckpt.normative is None
+                   else ckpt.normative.mismatch(m.timesteps, detector.draws, m.options.norm_key))
+            if why:
+                return fail(f"{m.name} subtracts the healthy norm, but {why}; make one with sss-calibrate "
+                            "--normative-from")
     if any(m.model_free for m in methods):
         try:
             lesion_sign(args.modality)

@@ -24,6 +24,9 @@ def add_map_options(parser: argparse.ArgumentParser, description: str) -> None:
                                                                "(0: off)")
     group.add_argument("--erode", type=int, metavar="PX",
                        help="zero the heat map within PX model pixels of the brain mask's rim (0: off)")
+    group.add_argument("--normative", choices=("on", "off"),
+                       help="subtract the checkpoint's healthy norm (where its reconstructions of healthy brains "
+                            "usually err, made by sss-calibrate --normative-from) from the heat map: on or off")
     group.add_argument("--min-area", type=int, metavar="PX",
                        help="drop connected regions of a slice's mask smaller than PX model pixels, after the "
                             "dilation unless --no-postprocess (0: off)")
@@ -38,7 +41,8 @@ def given_map_options(args: argparse.Namespace) -> MapOptions | None:
     given = {k: getattr(args, k) for k in MAP_OPTION_FIELDS}
     if all(v is None for v in given.values()):
         return None
+    given["normative"] = given["normative"] == "on"
     try:
         return MapOptions(**{k: v or 0 for k, v in given.items()})
     except ValueError as err:
-        raise ValueError(f"{err} (--lowpass, --median, --erode, --min-area, --persist)") from err
+        raise ValueError(f"{err} (--lowpass, --median, --erode, --normative, --min-area, --persist)") from err

@@ -11,7 +11,7 @@ import platform
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -167,7 +167,8 @@ def checkpoint_identity(ckpt: LoadedCheckpoint) -> dict:
 
 Lines = list[tuple[str, str]]
 HYGIENE_LINES = (("lowpass", "low-pass sigma {:g} model px"), ("median", "median filter {:g} model px"),
-                 ("erode", "rim erosion {:g} model px"), ("min_area", "slice regions under {:g} model px dropped"))
+                 ("erode", "rim erosion {:g} model px"), ("normative", "healthy norm subtracted"),
+                 ("min_area", "slice regions under {:g} model px dropped"))
 
 
 def report_lines(report: dict) -> tuple[Lines, Lines, Lines]:
@@ -223,16 +224,26 @@ class Settings:
     source: str                 # where the values that were not given on the command line came from
     options: MapOptions         # map hygiene: the command line's, else the checkpoint's
     options_from: str           # "command line" or "checkpoint"
+    normative_off: str | None = None  # why the checkpoint's options' healthy norm is not subtracted here, if so
 
     @classmethod
-    def of(cls, args: argparse.Namespace, ckpt: LoadedCheckpoint, options: MapOptions | None) -> Settings:
-        """options: those given on the command line (None: none given, the checkpoint's apply)."""
+    def of(cls, args: argparse.Namespace, ckpt: LoadedCheckpoint, options: MapOptions | None, draws: int) -> Settings:
+        """options: those given on the command line (None: none given, the checkpoint's apply). The checkpoint's
+        healthy norm is dropped where it does not fit (another timestep or noise draws; the reason is kept);
+        ValueError when the command line asks for it there."""
         rec = ckpt.recommended
         given = args.consensus is not None or args.timestep is not None, args.threshold is not None, options is not None
         timesteps = args.consensus or (args.timestep if given[0] else rec.timestep,)
         threshold = args.threshold if given[1] else rec.threshold
+        options, why = options if given[2] else rec.map_options, None
+        if options.normative:
+            norm = ckpt.normative
+            why = "the checkpoint has none" if norm is None else norm.mismatch(timesteps, draws, options.norm_key)
+            if why and given[2]:
+                raise ValueError(f"--normative on: {why}")
+            options = replace(options, normative=False) if why else options
         return cls(timesteps, threshold, "command line" if all(given[:2]) else rec.source,
-                   options if given[2] else rec.map_options, "command line" if given[2] else "checkpoint")
+                   options, "command line" if given[2] else "checkpoint", why)
 
 
 def process(path: Path, outs: Outputs, detector: Detector, ckpt: LoadedCheckpoint, args: argparse.Namespace,
@@ -289,6 +300,7 @@ def process(path: Path, outs: Outputs, detector: Detector, ckpt: LoadedCheckpoin
                            "threshold": settings.threshold, "settings_from": settings.source,
                            "postprocess": pp.enabled, "map_options": settings.options.to_json(),
                            "map_options_from": settings.options_from,
+                           "normative_off": settings.normative_off,
                            "min_lesion_ml": args.min_lesion_ml, "seed": args.seed, "draws": detector.draws,
                            "batch_size": detector.batch_size, "device": str(detector.device),
                            "precision": detector.precision, "compiled": detector.compiled},
@@ -360,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
             loaded[path] = load_detector(path, args.device, args.batch_size, compile=args.compile,
                                          precision=args.precision, draws=args.draws)
         ckpt, detector = loaded[path]
-        settings = Settings.of(args, ckpt, options)
+        settings = Settings.of(args, ckpt, options, detector.draws)
         bad_t = [t for t in settings.timesteps if not 0 <= t < ckpt.preset.diffusion.timesteps]
         if bad_t:
             raise ValueError(f"timestep(s) {bad_t} outside [0, {ckpt.preset.diffusion.timesteps}); "

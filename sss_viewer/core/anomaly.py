@@ -17,6 +17,7 @@ from scipy import ndimage
 from .config import Preset
 from .diffusion import Diffusion
 from .hygiene import MapOptions
+from .normative import NormativeMap
 from .volume import ModelVolume, lerp, percentile
 
 DEFAULT_TIMESTEP = 300
@@ -278,13 +279,15 @@ class Detector:
     """Runs single-step sampling (or the iterative chain) batched over slices on one device."""
 
     def __init__(self, model: torch.nn.Module, preset: Preset, device: str | torch.device = "auto",
-                 batch_size: int | None = None, compile: bool = False, precision: str = "auto", draws: int = 1):
+                 batch_size: int | None = None, compile: bool = False, precision: str = "auto", draws: int = 1,
+                 normative: NormativeMap | None = None):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         if draws < 1:
             raise ValueError(f"the number of noise draws must be at least 1, not {draws}")
         # Single step with K noise draws: x0_hat = mean over j of x0_hat(seed + j * DRAW_SEED_STEP), K model calls.
         self.draws = draws
+        self.normative = normative                  # the checkpoint's healthy norm (MapOptions.normative), or None
         self.device = resolve_device(device)
         self.preset = preset
         self.diffusion = Diffusion(preset.diffusion, preset.noise)
@@ -393,6 +396,13 @@ class VolumeDetection:
         return np.arange(self.first_slice, self.first_slice + len(self.mask))
 
 
+def norm_slices(detector: Detector, volume: ModelVolume, first: int, last: int) -> np.ndarray:
+    """The detector's healthy norm on slices first..last of the volume, (n, S, S); ValueError without one."""
+    if detector.normative is None:
+        raise ValueError("this checkpoint has no healthy norm; make one with sss-calibrate --normative-from")
+    return detector.normative.model_slices(volume)[first:last + 1]
+
+
 @torch.inference_mode()
 def detect_volume(detector: Detector, volume: ModelVolume, timesteps: Sequence[int] = (DEFAULT_TIMESTEP,),
                   threshold: float = DEFAULT_THRESHOLD, pp: PostProcess = PostProcess(), votes: int | None = None,
@@ -406,7 +416,8 @@ def detect_volume(detector: Detector, volume: ModelVolume, timesteps: Sequence[i
     With a GPU detector (its volume_device) everything up to the results stays on the GPU.
     `options` (hygiene.MapOptions, all off by default) clean each timestep's heat map (lowpass, median, erode: on
     the host) before the threshold, add min_area to pp, and keep the volume mask's 3-D regions over at least
-    `persist` slices; the returned error is the cleaned heat map (mean over the timesteps).
+    `persist` slices; the returned error is the cleaned heat map (mean over the timesteps). options.normative
+    subtracts the detector's healthy norm (ValueError when it has none).
     """
     first, last = volume.slice_range if slices is None else slices
     where = detector.volume_device
@@ -429,7 +440,8 @@ def detect_volume(detector: Detector, volume: ModelVolume, timesteps: Sequence[i
     seconds = time.perf_counter() - start
     if options.map_level:                                                 # hygiene's maps: NumPy on the host
         x0, brain = _host(x0), _host(brain)
-        runs = [(r, options.clean_map(_host(e), brain, x0, r)) for r, e in ((_host(r), e) for r, e in runs)]
+        norm = norm_slices(detector, volume, first, last) if options.normative else None  # (n, S, S)
+        runs = [(r, options.clean_map(_host(e), brain, x0, r, norm)) for r, e in ((_host(r), e) for r, e in runs)]
     pp = options.postprocess(pp)
     masks = [make_mask(error, threshold, pp) for _, error in runs]
     mask = masks[0] if len(masks) == 1 else consensus_mask(masks, votes)

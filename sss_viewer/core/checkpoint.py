@@ -16,6 +16,7 @@ from .anomaly import DEFAULT_THRESHOLD, DEFAULT_TIMESTEP, Detector
 from .config import DiffusionConfig, ModelConfig, NoiseConfig, Preset, PreprocessConfig, config_from_dict, config_to_dict
 from .files import atomic_write
 from .hygiene import MAP_OPTION_FIELDS, MapOptions
+from .normative import NormativeMap
 from .unet import UNet
 
 FORMAT = "sss-viewer-checkpoint"
@@ -64,6 +65,7 @@ class LoadedCheckpoint:
     sha256: str          # identity of the file, for reports
     recommended: Recommended = field(default_factory=Recommended)  # default timestep and threshold
     modality: str | None = None  # the MR contrast it was trained on ("t1", ...); None when not recorded
+    normative: NormativeMap | None = None  # its healthy norm (sss-calibrate --normative-from); None: none made
 
     @property
     def name(self) -> str:
@@ -144,11 +146,17 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         raise CheckpointError(f"{Path(path).name} does not match its stored model configuration: "
                               f"{str(e).splitlines()[0]}") from e
     model.eval().to(device)
+    try:
+        normative = NormativeMap.from_payload(payload["normative"]) if payload.get("normative") is not None else None
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{Path(path).name} has a damaged healthy norm ({e}); calibrate it again with "
+                              "sss-calibrate --normative-from") from e
     return LoadedCheckpoint(model=model, preset=preset, step=int(payload.get("step", 0)),
                             provenance=str(payload.get("provenance", "")), path=Path(path),
                             sha256=file_sha256(path),
                             recommended=Recommended.from_payload(payload.get("recommended")),
-                            modality=payload.get("modality") if isinstance(payload.get("modality"), str) else None)
+                            modality=payload.get("modality") if isinstance(payload.get("modality"), str) else None,
+                            normative=normative)
 
 
 def load_detector(checkpoint: str | os.PathLike | None, device: str = "auto", batch_size: int | None = None,
@@ -171,4 +179,5 @@ def load_detector(checkpoint: str | os.PathLike | None, device: str = "auto", ba
     except CheckpointError as err:
         raise CheckpointError(f"{err}; pass a checkpoint made by sss-train with --checkpoint") from err
     return ckpt, Detector(ckpt.model, ckpt.preset, device, batch_size=batch_size, compile=compile,
-                          precision=precision, draws=ckpt.recommended.draws if draws is None else draws)
+                          precision=precision, draws=ckpt.recommended.draws if draws is None else draws,
+                          normative=ckpt.normative)

@@ -1,5 +1,5 @@
-"""Map hygiene beyond the paper: a like-for-like (low-pass) heat map, median filter, eroded brain, small regions,
-3-D consistency; each off by default, named by MapOptions."""
+"""Map hygiene beyond the paper: a like-for-like (low-pass) heat map, median filter, eroded brain, the healthy norm
+subtracted, small regions, 3-D consistency; each off by default, named by MapOptions."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
+
+from .normative import excess
 
 if TYPE_CHECKING:                                   # anomaly imports this module: no import cycle at run time
     from .anomaly import PostProcess
@@ -78,18 +80,20 @@ def with_min_area(pp: PostProcess, min_area: int) -> PostProcess:
     return replace(pp, enabled=True, dilate=False, keep_largest=0, min_area=min_area)
 
 
-MAP_OPTION_FIELDS = ("lowpass", "median", "erode", "min_area", "persist")
+MAP_OPTION_FIELDS = ("lowpass", "median", "erode", "normative", "min_area", "persist")
 
 
 @dataclass(frozen=True)
 class MapOptions:
     """How a heat map and its mask are cleaned beyond the paper; every default is off (the paper's maps exactly).
 
-    Order: E (low-pass or raw) -> median -> eroded brain -> threshold -> post-processing with min_area -> persist.
+    Order: E (low-pass or raw) -> median -> eroded brain -> healthy norm subtracted -> threshold ->
+    post-processing with min_area -> persist.
     """
     lowpass: float = 0      # Gaussian sigma (model pixels) applied to x0 and x0_hat alike before E; 0: raw E
     median: int = 0         # odd median window (pixels) over each slice's heat map; 0: none
     erode: int = 0          # E zeroed within this many pixels of the brain mask's rim; 0: the whole brain
+    normative: bool = False  # the checkpoint's healthy norm N subtracted: E - N (core/normative.py); False: E
     min_area: int = 0       # connected regions (per slice) smaller than this many pixels are dropped
     persist: int = 0        # whole volumes: a 3-D region is kept when it spans at least this many slices
 
@@ -102,14 +106,18 @@ class MapOptions:
                 raise ValueError(f"{field} must be a whole number, 0 (off) or more, not {value}")
             object.__setattr__(self, field, int(value))
         object.__setattr__(self, "lowpass", float(self.lowpass))
+        if self.normative not in (True, False, 0, 1):
+            raise ValueError(f"normative is on or off, not {self.normative!r}")
+        object.__setattr__(self, "normative", bool(self.normative))
         if self.median and self.median % 2 == 0:
             raise ValueError(f"the median window must be odd (3, 5, ...), not {self.median}")
 
     @property
     def name(self) -> str:
-        """The method-name suffix, e.g. '_lp1_med3_er2_min20_3d3'; '' for the defaults."""
+        """The method-name suffix, e.g. '_lp1_med3_er2_nm_min20_3d3'; '' for the defaults."""
         parts = [f"_lp{self.lowpass:g}" if self.lowpass else "", f"_med{self.median}" if self.median else "",
-                 f"_er{self.erode}" if self.erode else "", f"_min{self.min_area}" if self.min_area else "",
+                 f"_er{self.erode}" if self.erode else "", "_nm" if self.normative else "",
+                 f"_min{self.min_area}" if self.min_area else "",
                  f"_3d{self.persist}" if self.persist else ""]
         return "".join(parts)
 
@@ -119,27 +127,35 @@ class MapOptions:
         parts = [f"low-pass σ {self.lowpass:g} px" if self.lowpass else "",
                  f"median {self.median}×{self.median}" if self.median else "",
                  f"brain eroded {self.erode} px" if self.erode else "",
+                 "healthy norm subtracted" if self.normative else "",
                  f"regions ≥ {self.min_area} px" if self.min_area else "",
                  f"3-D regions over ≥ {self.persist} slices (whole volumes)" if self.persist else ""]
         return "".join(f", {p}" for p in parts if p)
 
     @property
     def map_level(self) -> bool:
-        """Whether the heat map itself changes (lowpass, median, erode), not only the mask."""
-        return bool(self.lowpass or self.median or self.erode)
+        """Whether the heat map itself changes (lowpass, median, erode, normative), not only the mask."""
+        return bool(self.lowpass or self.median or self.erode or self.normative)
 
     @property
-    def map_key(self) -> tuple[float, int, int]:
+    def map_key(self) -> tuple[float, int, int, bool]:
         """What the heat map depends on: options with equal keys share one map (and its AUROC, AUPRC)."""
+        return self.lowpass, self.median, self.erode, self.normative
+
+    @property
+    def norm_key(self) -> tuple[float, int, int]:
+        """The cleaning before the healthy norm: a NormativeMap fits heat maps made with the same."""
         return self.lowpass, self.median, self.erode
 
     def to_json(self) -> dict:
         return {**{k: getattr(self, k) for k in MAP_OPTION_FIELDS}, "name": self.name}
 
     def clean_map(self, error: np.ndarray, brain: np.ndarray | None, x0: np.ndarray | None = None,
-                  x0_hat: np.ndarray | None = None) -> np.ndarray:
-        """The heat map (B, H, W) with lowpass, median and erode applied, from the raw E (zero outside the brain)
-        and, for lowpass, x0 and x0_hat (B, H, W). Without any of them: error itself."""
+                  x0_hat: np.ndarray | None = None, norm: np.ndarray | None = None, signed: bool = False) -> np.ndarray:
+        """The heat map (B, H, W) with lowpass, median, erode and the healthy norm applied, from the raw E (zero
+        outside the brain) and, for lowpass, x0 and x0_hat (B, H, W), for normative the norm's slices `norm`
+        (B, H, W; NormativeMap.model_slices). signed: the excess keeps its sign (normative.excess). Without any of
+        them: error itself."""
         if not self.map_level:
             return error
         if self.lowpass:
@@ -150,7 +166,12 @@ class MapOptions:
         if self.erode:
             if brain is None:
                 raise ValueError("eroding the brain needs the brain mask")
-            error = error * erode_brain(brain, self.erode)
+            brain = erode_brain(brain, self.erode)
+            error = error * brain
+        if self.normative:
+            if norm is None or brain is None:
+                raise ValueError("subtracting the healthy norm needs the norm's slices and the brain mask")
+            error = excess(error, norm, brain, signed)
         return np.asarray(error, np.float32)                              # (B, H, W)
 
     def postprocess(self, pp: PostProcess) -> PostProcess:

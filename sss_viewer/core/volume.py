@@ -370,6 +370,16 @@ class ModelVolume:
             return canonical
         return self.alignment.to_input(canonical, nearest=order == "nearest")
 
+    def grid_to_model(self, grid_map: np.ndarray) -> np.ndarray:
+        """A float map on this volume's own canonical grid (the aligned one under an alignment) → (Z, S, S), sampled
+        like the image (bilinear, area-weighted), 0 outside it."""
+        return self._to_model(np.asarray(grid_map, np.float32), "bilinear", 0.0)
+
+    def model_to_grid(self, maps: np.ndarray, first_slice: int = 0) -> np.ndarray:
+        """Model-space float maps (n, S, S) from first_slice on → this volume's own canonical grid (X, Y, Z), the
+        aligned one under an alignment (bilinear; to_canonical goes on to the input's)."""
+        return self._to_aligned_canonical(maps, "linear", first_slice, None)
+
     def _to_aligned_canonical(self, maps: np.ndarray, order: str, first_slice: int,
                               device: torch.device | str | None) -> np.ndarray:
         """to_canonical onto this volume's own canonical grid (the aligned one under an alignment)."""

@@ -57,7 +57,8 @@ class ControlPanel(QScrollArea):
         self.setMinimumWidth(body.sizeHint().width() + self.verticalScrollBar().sizeHint().width() + 4)
         state.changed.connect(self.sync)
         for name in ("timestep", "threshold", "postprocess", "consensus", "votes", "seed", "draws", "persist",
-                     "lowpass", "median", "erode", "min_area", "device", "mask_style", "mask_opacity", "window"):
+                     "lowpass", "median", "erode", "normative", "min_area", "device", "mask_style", "mask_opacity",
+                     "window"):
             self.sync(name)
 
     # Building
@@ -159,6 +160,10 @@ class ControlPanel(QScrollArea):
         for spin in (self.lowpass_spin, self.erode_spin, self.min_area_spin):
             spin.setSpecialValueText(texts.HYGIENE_OFF)
             spin.setSuffix(texts.HYGIENE_PX)
+        self.normative_box = QCheckBox(texts.NORM_LABEL)
+        self.normative_box.setToolTip(texts.NORM_TOOLTIP)
+        self.normative_box.setEnabled(False)                              # until a checkpoint with a norm loads
+        self.normative_box.toggled.connect(lambda on: self.state.set(normative=bool(on)))
         box = QWidget()
         grid = QGridLayout(box)
         grid.setContentsMargins(0, 0, 0, 0)
@@ -173,6 +178,7 @@ class ControlPanel(QScrollArea):
                 w.setToolTip(tip)
             grid.addWidget(label, i // 2, 2 * (i % 2))
             grid.addWidget(widget, i // 2, 2 * (i % 2) + 1)
+        grid.addWidget(self.normative_box, 2, 0, 1, 4)
         grid.setColumnStretch(1, 1)
         grid.setColumnStretch(3, 1)
         self.hygiene_box = box
@@ -294,6 +300,10 @@ class ControlPanel(QScrollArea):
         elif name == "min_area":
             self.min_area_spin.setMaximum(max(MIN_AREA_MAX, s.min_area))
             self._set(self.min_area_spin, s.min_area)
+        elif name == "normative":
+            self.normative_box.blockSignals(True)
+            self.normative_box.setChecked(s.normative)
+            self.normative_box.blockSignals(False)
         elif name == "device":
             self.device_combo.blockSignals(True)
             self.device_combo.setCurrentIndex(max(0, self.device_combo.findData(s.device)))
@@ -333,6 +343,7 @@ class ControlPanel(QScrollArea):
                                      + rec.map_options.label)
             self.model_label.setToolTip(texts.MODEL_TOOLTIP.format(path=model.path, source=rec.source))
             self.threshold_slider.set_marks(self._position_of(DEFAULT_THRESHOLD), self._position_of(rec.threshold))
+        self.normative_box.setEnabled(model is not None and model.normative is not None)
         self.device_label.setText(texts.DEVICE_ACTIVE.format(device=model.device, precision=model.precision)
                                   if model else "")
 

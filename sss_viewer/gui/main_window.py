@@ -32,7 +32,7 @@ from .worker import Session, SliceRequest, VolumeRun, WorkerThread, cuda_availab
 AUTO_WINDOW_PERCENTILES = (0.5, 99.5)   # of the brain's model-space intensities, for the grey window
 SCREENSHOT_SIZE = (1500, 980)
 PAGE_STEP = 10                          # slices per PageUp / PageDown
-HYGIENE = ("lowpass", "median", "erode", "min_area")   # state fields of the slice's map options (MapOptions)
+HYGIENE = ("lowpass", "median", "erode", "normative", "min_area")   # state fields of the slice's map options
 RESTORED = ("timestep", "threshold", "postprocess", "consensus", "votes", "seed", "draws", "persist") + HYGIENE + (
     "device", "mask_style", "mask_opacity", "layout")
 
@@ -689,7 +689,7 @@ class MainWindow(ExportsMixin, QMainWindow):
         key = (s.key, self.timesteps(), st.seed, st.threshold, st.postprocess, st.votes, st.persist, options)
         if self._volume_maps[0] != key:
             maps = volume_maps(s.cache, s.model_volume, s.volume, self.timesteps(), st.seed, st.threshold,
-                               st.postprocess, st.votes, st.persist, options)
+                               st.postprocess, st.votes, st.persist, options, self._norm(options))
             self._volume_maps = (key, maps) if maps is not None else (None, None)  # incomplete: look again next time
         return self._volume_maps[1]
 
@@ -703,17 +703,34 @@ class MainWindow(ExportsMixin, QMainWindow):
     def map_options(self) -> MapOptions:
         """The heat-map and mask cleaning the state asks for (persist included; slices use all but persist)."""
         st = self.state
-        return MapOptions(lowpass=st.lowpass, median=st.median, erode=st.erode, min_area=st.min_area,
+        return MapOptions(lowpass=st.lowpass, median=st.median, erode=st.erode,
+                          normative=st.normative and self.norm_problem() is None, min_area=st.min_area,
                           persist=st.persist)
+
+    def norm_problem(self) -> str | None:
+        """Why the healthy norm cannot be subtracted at the current settings (one line), or None when it can."""
+        model = self.session.model if self.session is not None else None
+        if model is None or model.normative is None:
+            return texts.NORM_NONE
+        st = self.state
+        return model.normative.mismatch(self.timesteps(), st.draws, (st.lowpass, st.median, st.erode))
+
+    def _norm(self, options: MapOptions) -> np.ndarray | None:
+        """The healthy norm's (Z, S, S) slices for this volume when options subtract it, else None."""
+        if not options.normative:
+            return None
+        return self.session.model.normative.model_slices(self.session.model_volume)
 
     def _view(self, z: int, timesteps: tuple[int, ...] | None = None, seed: int | None = None) -> SliceView | None:
         """Slice z's view from the cache (None while a timestep is missing), cleaned by the current map options:
         every heat map, mask and score the window shows or writes comes from here."""
         s = self.session
         mv = s.model_volume
+        options = self.map_options().without_persist()
+        norm = self._norm(options)
         return s.cache.view(z, self.timesteps() if timesteps is None else timesteps,
-                            self.state.seed if seed is None else seed, self.map_options().without_persist(),
-                            mv.data[z], mv.brain_mask[z])
+                            self.state.seed if seed is None else seed, options, mv.data[z], mv.brain_mask[z],
+                            None if norm is None else norm[z])
 
     def _clean(self, view: SliceView) -> SliceView:
         """A raw view from the worker, cleaned by the current map options."""
@@ -721,12 +738,17 @@ class MainWindow(ExportsMixin, QMainWindow):
         if options == MapOptions():
             return view
         mv = self.session.model_volume
-        return view.cleaned(options, mv.data[view.slice], mv.brain_mask[view.slice])
+        norm = self._norm(options)
+        return view.cleaned(options, mv.data[view.slice], mv.brain_mask[view.slice],
+                            None if norm is None else norm[view.slice])
 
     def _options_brief(self) -> str:
         """The active slice options for a panel title, e.g. 'median 3×3, rim 3 px'; '' when all are off."""
-        return ", ".join(texts.PANEL_HYGIENE_PARTS[k].format(v=getattr(self.state, k)) for k in HYGIENE
-                         if getattr(self.state, k))
+        def part(name: str) -> str:
+            if name == "normative":
+                return texts.PANEL_NORM if self.norm_problem() is None else texts.PANEL_NORM_OFF
+            return texts.PANEL_HYGIENE_PARTS[name].format(v=getattr(self.state, name))
+        return ", ".join(part(k) for k in HYGIENE if getattr(self.state, k))
 
     def _options_changed(self) -> None:
         """A map option changed: the shown slice's heat map and mask, the scores, titles and the reading room are

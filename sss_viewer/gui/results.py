@@ -55,10 +55,10 @@ class SliceView:
         return float(slice_scores(self.heat[None], brain[None])[0])
 
     def cleaned(self, options: MapOptions, x0: np.ndarray | None = None,
-                brain: np.ndarray | None = None) -> SliceView:
+                brain: np.ndarray | None = None, norm: np.ndarray | None = None) -> SliceView:
         """This raw view (the cache's results) with each timestep's error cleaned by options.clean_map: x0 the
-        model-space slice (S, S) and brain its mask (S, S); low-pass compares x0 with each timestep's own recon.
-        No model call; options off: the same maps."""
+        model-space slice (S, S), brain its mask (S, S) and norm the healthy norm's slice (S, S, for normative);
+        low-pass compares x0 with each timestep's own recon. No model call; options off: the same maps."""
         if self.options != MapOptions():
             raise ValueError("only a raw view (no map options) can be cleaned")
         errors = self.errors
@@ -68,7 +68,7 @@ class SliceView:
             shape = errors.shape                                                  # (K, S, S)
             errors = options.clean_map(errors, np.broadcast_to(np.asarray(brain, bool), shape),
                                        None if x0 is None else np.broadcast_to(np.asarray(x0, np.float32), shape),
-                                       self.recons)                               # (K, S, S)
+                                       self.recons, None if norm is None else np.broadcast_to(norm, shape))
         return SliceView(slice=self.slice, timesteps=self.timesteps, seed=self.seed, recon=self.recon,
                          errors=np.asarray(errors, np.float32), options=options)
 
@@ -112,9 +112,11 @@ class ResultCache:
             return [t for t in timesteps if (z, t, seed) not in self._items]
 
     def view(self, z: int, timesteps: Sequence[int], seed: int, options: MapOptions = MapOptions(),
-             x0: np.ndarray | None = None, brain: np.ndarray | None = None) -> SliceView | None:
+             x0: np.ndarray | None = None, brain: np.ndarray | None = None,
+             norm: np.ndarray | None = None) -> SliceView | None:
         """The slice's view when every timestep is cached, else None; its maps cleaned by options (x0: the
-        model-space slice (S, S), brain: its mask (S, S), needed when options change the heat map).
+        model-space slice (S, S), brain: its mask (S, S), needed when options change the heat map; norm: the
+        healthy norm's slice (S, S), when they subtract it).
         The cache keeps the raw results: an option change never needs the model."""
         results = [self.get(z, t, seed) for t in timesteps]
         if any(r is None for r in results):
@@ -122,7 +124,7 @@ class ResultCache:
         raw = SliceView(slice=z, timesteps=tuple(timesteps), seed=seed, recon=results[0].recon,
                         errors=np.stack([r.error for r in results]),            # (K, S, S)
                         recons=np.stack([r.recon for r in results]))            # (K, S, S)
-        return raw if options == MapOptions() else raw.cleaned(options, x0, brain)
+        return raw if options == MapOptions() else raw.cleaned(options, x0, brain, norm)
 
 
 class VolumeMaps:
@@ -152,14 +154,15 @@ class VolumeMaps:
 
 def volume_maps(cache: ResultCache, model_volume: ModelVolume, volume: Volume, timesteps: Sequence[int], seed: int,
                 threshold: float, postprocess: bool, votes: int, persist: int,
-                options: MapOptions = MapOptions()) -> VolumeMaps | None:
+                options: MapOptions = MapOptions(), norm: np.ndarray | None = None) -> VolumeMaps | None:
     """The maps of a volume whose brain slices are all cached, each slice's heat map and mask cleaned by options
-    (all but its persist), 3-D regions spanning fewer than `persist` slices removed from the mask
-    (hygiene.keep_persistent); None while any of them is missing."""
+    (all but its persist; norm: the healthy norm's (Z, S, S) slices when they subtract it), 3-D regions spanning
+    fewer than `persist` slices removed from the mask (hygiene.keep_persistent); None while any of them is
+    missing."""
     first, last = model_volume.slice_range
     options = options.without_persist()
-    views = [cache.view(z, timesteps, seed, options, model_volume.data[z], model_volume.brain_mask[z])
-             for z in range(first, last + 1)]
+    views = [cache.view(z, timesteps, seed, options, model_volume.data[z], model_volume.brain_mask[z],
+                        None if norm is None else norm[z]) for z in range(first, last + 1)]
     if any(v is None for v in views):
         return None
     S = model_volume.image_size

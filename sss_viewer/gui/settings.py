@@ -56,6 +56,7 @@ DEFAULTS: dict[str, Any] = {
     "lowpass": 0.0,
     "median": 0,
     "erode": 0,
+    "normative": False,
     "min_area": 0,
     "device": "auto",
     "mask_style": "contour",
@@ -79,6 +80,7 @@ VALID: dict[str, Callable[[Any], bool]] = {
     "lowpass": lambda v: _is_number(v) and math.isfinite(v) and v >= 0,   # the box offers 0..LOWPASS_MAX
     "median": lambda v: _is_int(v) and v in MEDIANS,
     "erode": lambda v: _is_int(v) and 0 <= v <= ERODE_MAX,
+    "normative": lambda v: isinstance(v, bool),
     "min_area": lambda v: _is_int(v) and 0 <= v <= MIN_AREA_MAX,
     "device": lambda v: v in DEVICES,
     "mask_style": lambda v: v in texts.MASK_STYLES,

@@ -23,6 +23,7 @@ FIELDS: dict[str, Any] = {
     "lowpass": DEFAULTS["lowpass"],              # map hygiene (core.hygiene.MapOptions): low-pass sigma, 0: off
     "median": DEFAULTS["median"],                # median window of the heat map, 0: off
     "erode": DEFAULTS["erode"],                  # heat map zeroed this many pixels inside the brain's rim, 0: off
+    "normative": DEFAULTS["normative"],          # the checkpoint's healthy norm subtracted from the heat map
     "min_area": DEFAULTS["min_area"],            # mask regions smaller than this many pixels dropped, 0: off
     "device": DEFAULTS["device"],                # "auto", "cpu" or "cuda", as asked for
     "mask_style": DEFAULTS["mask_style"],        # "contour" or "fill"

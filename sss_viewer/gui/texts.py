@@ -343,6 +343,13 @@ ERODE_TOOLTIP = ("Zero the heat map within this many pixels of the brain mask's 
 MIN_AREA_LABEL = "Min region"
 MIN_AREA_TOOLTIP = ("Drop mask regions (connected on each slice) smaller than this many pixels; the heat map is "
                     "unchanged. " + HYGIENE_CALIBRATION_NOTE)
+NORM_LABEL = "Healthy norm"
+NORM_TOOLTIP = ("Subtract the checkpoint's healthy norm from the heat map: where its reconstructions of healthy "
+                "brains usually err (ventricle edges, sulci), averaged on the MNI grid, so only error beyond the "
+                "usual is left. Only at the norm's own λ and noise draws. " + HYGIENE_CALIBRATION_NOTE)
+NORM_NONE = "this checkpoint has no healthy norm"
+PANEL_NORM = "healthy norm"
+PANEL_NORM_OFF = "healthy norm off here"
 HYGIENE_OFF = "off"
 HYGIENE_PX = " px"
 PANEL_HYGIENE = " · {options}"

@@ -18,6 +18,7 @@ from ..core.anomaly import Detector, resolve_device
 from ..core.checkpoint import LoadedCheckpoint, Recommended, load_checkpoint
 from ..core.config import PRESETS, Preset, PreprocessConfig
 from ..core.inputs import Scan, folder_series, open_scan
+from ..core.normative import NormativeMap
 from ..core.volume import ModelVolume, Volume, prepare
 from . import texts
 from .gc_guard import collect_on_gui_thread
@@ -51,6 +52,7 @@ class ModelInfo:
     recommended: Recommended  # the timestep and threshold the checkpoint is meant to run at
     modality: str | None      # the MR contrast it was trained on; None when the file does not say
     draws: int                # noise draws averaged per slice (Detector.draws)
+    normative: NormativeMap | None = None  # the checkpoint's healthy norm; None: it has none
 
 
 @dataclass(frozen=True, eq=False)
@@ -295,7 +297,7 @@ class InferenceWorker(QObject):
                                      image_size=checkpoint.preset.model.image_size, step=checkpoint.step,
                                      device=str(detector.device), precision=detector.precision,
                                      recommended=checkpoint.recommended, modality=checkpoint.modality,
-                                     draws=detector.draws)
+                                     draws=detector.draws, normative=checkpoint.normative)
 
     def _preprocess(self) -> PreprocessConfig:
         return self._checkpoint.preset.preprocess if self._checkpoint is not None else PreprocessConfig()
