@@ -45,7 +45,7 @@ class NormativeMap:
         if draws != self.draws:
             return f"the healthy norm is for {self.draws} noise draw(s), not {draws}"
         if tuple(map_key) != tuple(self.map_key):
-            return "the healthy norm was made without this low-pass, median or rim erosion; reset them"
+            return "the healthy norm was made with other low-pass, median or rim-erosion settings; set them back"
         return None
 
     def aligned(self) -> np.ndarray:
