@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -48,8 +49,10 @@ class NormativeMap:
             return "the healthy norm was made with other low-pass, median or rim-erosion settings; set them back"
         return None
 
+    @cached_property
     def aligned(self) -> np.ndarray:
-        """(X, Y, Z) float32 on the aligned 1 mm grid (trilinear; 2 mm voxel j covers 1 mm voxels 2j and 2j + 1)."""
+        """(X, Y, Z) float32 on the aligned 1 mm grid (trilinear; 2 mm voxel j covers 1 mm voxels 2j and 2j + 1),
+        made once per map."""
         return ndimage.zoom(self.mean, BLOCK, order=1, mode="nearest", grid_mode=True).astype(np.float32)
 
     def model_slices(self, volume: ModelVolume) -> np.ndarray:
@@ -62,7 +65,7 @@ class NormativeMap:
         if volume.alignment is None or volume.canonical_shape != aligned_grid()[0]:
             raise VolumeError("the healthy norm needs a scan aligned to the MNI template (a checkpoint with "
                               "--align mni-affine)")
-        slices = volume.grid_to_model(self.aligned())                      # (Z, S, S)
+        slices = volume.grid_to_model(self.aligned)                      # (Z, S, S)
         self._model[key] = (volume, slices)
         while len(self._model) > _CACHED_VOLUMES:
             self._model.popitem(last=False)
