@@ -147,8 +147,8 @@ def test_browse_slices_and_sliders(qtbot, window):
     qtbot.wait(200)
     assert w.worker.model_calls == calls and w._request_id == request
 
-    w.slice_slider.setValue(z0)                                         # revisiting a computed slice: from the cache
-    w.controls.timestep_slider.setValue(300)
+    w.controls.timestep_slider.setValue(300)            # revisiting computed results: from the cache (timestep first:
+    w.slice_slider.setValue(z0)                         # slice z0 at 350 was never computed, and would be requested)
     assert w.shown is not None and w.shown.slice == z0 and w.worker.model_calls == calls
 
 
