@@ -12,8 +12,8 @@
 #                                                        resources/general_t1.pt) and medium (from scratch) side
 #                                                        by side on the training T1s of resources/README.md, then
 #                                                        each calibrated on the held-out two (half precision, 3-D
-#                                                        regions) and sss-eval on the lesion-dev tumour cases
-#                                                        (LAMBDA, 100); every brain aligned to MNI first
+#                                                        regions) and sss-eval on the lesion-dev tumour cases at
+#                                                        noise seeds 0-2 (LAMBDA, 100); every brain aligned first
 #   bash .ci/device.sh bench - OUT [REV]                 no training: the volume part (the UNet as it is and
 #                                                        compiled), the noise and sss parts, the CUDA tests, the
 #                                                        volume stages on the GPU beside REV's on the host
@@ -74,7 +74,7 @@ if [ "$MODE" = general ]; then   # DATA is ../shared/data; the lists are resourc
             timeout 120 python3 -m trainer.evaluate --manifest "$DATA/lesion-dev/manifest.csv" --modality $mod \
                 --cases brats25-00000,tcga-du-7294$([ $mod = t1ce ] && echo ,brats_2013_pat0001_1,brats_2013_pat0002_1,brats_2013_pat0003_1) \
                 --checkpoint "$OUT/$name.pt" --methods "sss${LAMBDA}_pp,sss${LAMBDA}_3d3_pp,sss300_pp" --device "$DEV" \
-                --out "$RUNS/eval-$name-$mod" | tail -4
+                --seeds 0,1,2 --out "$RUNS/eval-$name-$mod" | tail -4   # one seed's row can be luck
         done
     done
     tar czf "$OUT/runs.tgz" -C "$RUNS" --exclude='*.pt' .

@@ -137,19 +137,48 @@ def test_oracle_metrics_are_exactly_as_hand_computed(tmp_path):
     # map has two thresholds: recall and precision 160/256 at the first, then recall 1 and precision 256/6144.
     per_volume = result.results[0].volume["sss300"]
     assert per_volume["dice"] == per_volume["best_dice"] == pytest.approx(0.625)          # any E in (0, 1) alike
-    assert per_volume["best_threshold"] == 0.05                                           # the lowest of the best
+    assert per_volume["best_threshold"] == 0.01                                           # the lowest of the best
     assert per_volume["auroc"] == pytest.approx((1 + 160 / 256 - 96 / 5888) / 2)
     assert per_volume["auprc"] == pytest.approx((160 / 256) ** 2 + (96 / 256) * (256 / 6144))
     assert per_volume["slice_dice"] == pytest.approx(0.625)                # the protocol's, without 3-D regions
     assert result.results[0].volume["consensus"]["auprc"] == pytest.approx(per_volume["auprc"])  # same heat map
     assert "anoddpm300" not in result.results[0].volume
     sweep = result.sweep["sss300"]
-    assert sweep["best_threshold"] == 0.05 and sweep["best_dice"] == pytest.approx(0.625)
+    assert sweep["best_threshold"] == 0.01 and sweep["best_dice"] == pytest.approx(0.625)
     assert sweep["dice_mean"][-1] == 0.0                   # E > 1.0 flags nothing
     # The healthy volume gets the same flagged squares: 4 x 64 of its 6 x 1024 brain pixels.
     assert result.healthy_fpr["sss300"]["mean"] == pytest.approx(256 / 6144)
     assert result.healthy_fpr["consensus"]["mean"] == pytest.approx(400 / 6144)
     assert "anoddpm300" not in result.healthy_fpr
+
+
+class TwoSquaresDetector(OracleDetector):
+    """Heat LEVELS[z] = (on the lesion, on a lesion-sized square at the corner): slice 2 wants a high threshold,
+    slice 3 a low one, 4 and 5 any."""
+    LEVELS = {2: (0.9, 0.3), 3: (0.2, 0.6), 4: (1.0, 0.0), 5: (1.0, 0.0)}
+
+    def reconstruct(self, slices, timestep, seed=0, indices=None, brain=None, iterative=False, progress=None):
+        error = np.zeros(slices.shape, np.float32)                           # (B, S, S)
+        for i, z in enumerate(indices):
+            lesion, corner = self.LEVELS.get(z, (0.0, 0.0))
+            error[i, TRUTH_ROWS, TRUTH_COLS], error[i, :8, :8] = lesion, corner
+        return Reconstruction(slices=np.asarray(indices), timestep=timestep, recon=slices - np.sqrt(error),
+                              error=error)
+
+
+def test_threshold_sweep_best_threshold_and_ceiling(tmp_path):
+    case = ev.prepare_case("c1", *synthetic_case(tmp_path), NO_MARGIN)
+    result = ev.evaluate(TwoSquaresDetector(), [case], [ev.METHODS["sss300"]], threshold=0.37, seed=0)
+    sweep = result.sweep["sss300"]
+    assert sweep["thresholds"] == sorted([*ev.SWEEP_THRESHOLDS, 0.37])      # and the one the masks used
+    both = 2 * 64 / (128 + 64)                                               # the lesion and the corner flagged
+    # One threshold for all: below 0.2 both squares on slices 2 and 3 (the best); from 0.3 to 0.6 slice 2 alone
+    # right and slice 3 wrong.
+    assert sweep["best_threshold"] == 0.01 and sweep["best_dice"] == pytest.approx((2 * both + 2) / 4)
+    for thr in (0.37, 0.4):
+        assert sweep["dice_mean"][sweep["thresholds"].index(thr)] == pytest.approx((1 + 0 + 2) / 4)
+    # Each slice its own: slice 2 is perfect from 0.3 on, slice 3 cannot beat both squares.
+    assert sweep["ceiling_dice"] == pytest.approx((1 + both + 2) / 4)
 
 
 @pytest.fixture(scope="module")
@@ -232,6 +261,59 @@ def test_cli_writes_tables_and_figure_deterministically(tmp_path, checkpoint, ca
     assert extra[0]["intensity_baseline"]["threshold"] == 1.0 and extra[0]["intensity_baseline"]["sign"] == -1
     image = read_png(outs[0] / "figure.png")
     assert image.shape[1] > 5 * 192 and image.shape[0] > 4 * 192           # 5 columns, 4 rows of slices
+
+
+def test_cli_several_seeds_pool_table_2_and_keep_each_seed(tmp_path, checkpoint, capsys):
+    synthetic_case(tmp_path, "c1")
+    healthy, _ = synthetic_case(tmp_path, "h", lesion=False)
+    manifest = write_manifest(tmp_path, [["c1", "t1", "c1.nii.gz", "c1_seg.nii.gz", "expert"]])
+    common = ["--manifest", str(manifest), "--checkpoint", str(checkpoint), "--device", "cpu", "--methods",
+              "sss300_pp,sss250,intensity", "--healthy", str(healthy)]
+    assert ev.main([*common, "--out", str(tmp_path / "one"), "--seed", "6"]) == 0
+    assert ev.main([*common, "--out", str(tmp_path / "both"), "--seeds", "5,6,5"]) == 0
+    assert capsys.readouterr().err.strip() == ""
+    both = tmp_path / "both"
+    assert {p.name for p in both.iterdir()} == {"table.csv", "table.md", "extra.json", "figure.png", "seed-5", "seed-6"}
+    one = json.loads((tmp_path / "one" / "extra.json").read_text())
+    seed6 = json.loads((both / "seed-6" / "extra.json").read_text())
+    assert seed6["per_slice"] == one["per_slice"] and seed6["seed"] == 6     # a seed's run as if alone
+    seed5 = json.loads((both / "seed-5" / "extra.json").read_text())
+    auc = {s: [r["auc"] for r in x["per_slice"] if r["method"] == "sss250"] for s, x in ((5, seed5), (6, seed6))}
+    assert auc[5] != auc[6]                                                   # the seeds drew different noise
+
+    def rows(path: Path) -> dict[str, dict]:
+        with open(path) as f:
+            return {r["method"]: r for r in csv.DictReader(f)}
+
+    pooled, per_seed = rows(both / "table.csv"), [rows(both / f"seed-{s}" / "table.csv") for s in (5, 6)]
+    for name, row in pooled.items():
+        assert row["n_slices"] == "8"                                         # 4 protocol slices x 2 seeds
+        assert float(row["auc_mean"]) == pytest.approx(np.mean([float(t[name]["auc_mean"]) for t in per_seed]),
+                                                       abs=2e-6)
+        records = [r["dice"] for x in (seed5, seed6) for r in x["per_slice"] if r["method"] == name]
+        assert float(row["dice_std"]) == pytest.approx(np.std(records), abs=2e-6)
+    summary = json.loads((both / "extra.json").read_text())
+    assert summary["seeds"] == [5, 6] and summary["seed_dirs"] == ["seed-5", "seed-6"]
+    spread = summary["across_seeds"]["sss250"]["auc"]
+    assert spread["per_seed"] == {"5": pytest.approx(np.nanmean(auc[5])), "6": pytest.approx(np.nanmean(auc[6]))}
+    assert spread["mean"] == pytest.approx(np.mean(list(spread["per_seed"].values())))
+    assert "threshold" not in summary["across_seeds"]["intensity"]           # the baseline has no noise
+    assert set(summary["across_seeds"]["sss300_pp"]) == set(ev.SEED_METRICS)
+    ceiling = [json.loads((both / f"seed-{s}" / "extra.json").read_text())["threshold_sweep"]["per_method"]["sss250"]
+               ["ceiling_dice"] for s in (5, 6)]
+    assert summary["across_seeds"]["sss250"]["ceiling_dice"]["per_seed"] == {"5": ceiling[0], "6": ceiling[1]}
+    md = (both / "table.md").read_text()
+    assert "Noise seeds 5, 6" in md and "## Across noise seeds" in md and "seed-<N>/" in md
+    threshold = summary["across_seeds"]["sss250"]["threshold"]["per_seed"]["5"]
+    assert f"| SSS t = 250 | {threshold:.3f} / {threshold:.3f} ({threshold:.3f} ± 0.000) | " in md   # no calibration
+    assert f"{spread['per_seed']['5']:.3f} / {spread['per_seed']['6']:.3f} ({spread['mean']:.3f} ± " in md
+    read_png(both / "figure.png")
+
+    for bad in (["--seed", "1", "--seeds", "2,3"], ["--seeds", "a,b"], ["--seeds", ","]):
+        with pytest.raises(SystemExit) as exc:
+            ev.main([*common, "--out", str(tmp_path / "bad"), *bad])
+        assert exc.value.code == 2 and "seed" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, checkpoint, capsys):

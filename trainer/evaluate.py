@@ -43,7 +43,8 @@ SLICES_PER_VOLUME = 4                                   # the paper: four equidi
 METRICS = ("dice", "iou", "precision", "recall", "auc")
 TABLE_COLUMNS = ("method", "n_slices", "dice_mean", "dice_std", "iou_mean", "iou_std", "precision_mean",
                  "precision_std", "recall_mean", "recall_std", "auc_mean", "auc_std", "time_per_slice_s")  # contract
-SWEEP_THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(1, 21))  # 0.05, 0.10, ..., 1.00
+# Best-threshold sweeps of the squared error: 0.01, ..., 0.04 (calibrated thresholds lie near 0.05), 0.05, ..., 1.00
+SWEEP_THRESHOLDS = (0.01, 0.02, 0.03, 0.04) + tuple(round(0.05 * k, 2) for k in range(1, 21))
 INTENSITY_SWEEP = tuple(round(0.05 * k, 2) for k in range(-20, 20))   # -1.00, -0.95, ..., 0.95: signed intensity
 VOLUME_METRICS = ("dice", "best_dice", "auroc", "auprc", "slice_dice")  # per volume (slice_dice: its protocol
 #                                                                          slices of the whole-volume mask)
@@ -427,19 +428,29 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(np.nanmean(arr)), float(np.nanstd(arr))
 
 
+def table_row(name: str, records: Sequence[dict], time_per_slice: float) -> dict:
+    """One TABLE_COLUMNS row: each metric's mean and std over the per-slice records."""
+    row: dict = {"method": name, "n_slices": len(records)}
+    for metric in METRICS:
+        row[f"{metric}_mean"], row[f"{metric}_std"] = _mean_std([rec[metric] for rec in records])
+    row["time_per_slice_s"] = time_per_slice
+    return row
+
+
 def threshold_sweep(results: Sequence[CaseResult], methods: Sequence[Method]) -> dict[str, dict]:
-    """Mean protocol-slice Dice per threshold of m.sweep and the best threshold, per method (chosen on the test
-    cases!)."""
+    """Per method: the mean protocol-slice Dice at each threshold of m.sweep and the ones its masks used, the best
+    threshold and its Dice (chosen on the test cases!), and the ceiling: the mean over slices of each slice's best
+    Dice on that grid, what no one threshold of this heat map can beat."""
     out = {}
     for m in methods:
-        curve = []
-        for thr in m.sweep:
-            scores = [dice(pred, r.case.truth[z])
-                      for r in results for z, pred in zip(r.case.slices, m.segment(r.maps(m), thr))]
-            curve.append(float(np.mean(scores)))
+        grid = sorted({*m.sweep, *(r.thresholds[m.name] for r in results)})
+        scores = np.array([[dice(pred, r.case.truth[z])
+                            for r in results for z, pred in zip(r.case.slices, m.segment(r.maps(m), thr))]
+                           for thr in grid])                                # (thresholds, slices)
+        curve = scores.mean(axis=1).tolist()
         best = int(np.argmax(curve))
-        out[m.name] = {"thresholds": list(m.sweep), "dice_mean": curve, "best_threshold": m.sweep[best],
-                       "best_dice": curve[best]}
+        out[m.name] = {"thresholds": grid, "dice_mean": curve, "best_threshold": grid[best],
+                       "best_dice": curve[best], "ceiling_dice": float(scores.max(axis=0).mean())}
     return out
 
 
@@ -591,14 +602,9 @@ def evaluate(detector, cases: Sequence[Case], methods: Sequence[Method], thresho
                 scores = all_metrics(r.masks[m.name][i], heat[i], r.case.truth[z])
                 records.append({"method": m.name, "case": r.case.name, "slice": z, **scores})
         per_slice += records
-        n = len(records)
         seconds = sum(r.runs[k].seconds for r in results for k in m.keys())
         seconds += sum(r.mask_seconds[m.name] for r in results)
-        row: dict = {"method": m.name, "n_slices": n}
-        for metric in METRICS:
-            row[f"{metric}_mean"], row[f"{metric}_std"] = _mean_std([rec[metric] for rec in records])
-        row["time_per_slice_s"] = seconds / n
-        table.append(row)
+        table.append(table_row(m.name, records, seconds / len(records)))
     return Evaluation(methods=list(methods), threshold=threshold, seed=seed, results=results, per_slice=per_slice,
                       table=table, sweep=threshold_sweep(results, methods),
                       healthy_fpr=healthy_false_positives(detector, healthy, methods, threshold, seed, intensity,
@@ -612,9 +618,9 @@ def _fmt(value: float, digits: int = 3) -> str:
     return "nan" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
-def table_csv(ev: Evaluation) -> str:
+def table_csv(table: Sequence[dict]) -> str:
     lines = [",".join(TABLE_COLUMNS)]
-    for row in ev.table:
+    for row in table:
         lines.append(",".join(str(row[c]) if c in ("method", "n_slices") else _fmt(row[c], 6) for c in TABLE_COLUMNS))
     return "\n".join(lines) + "\n"
 
@@ -642,8 +648,14 @@ def volume_dice_summary(ev: Evaluation) -> dict[str, dict]:
 
 
 def _span(thresholds: Sequence[float]) -> str:
-    """An evenly spaced threshold sweep in words."""
-    return f"{thresholds[0]:.2f} to {thresholds[-1]:.2f}, step {thresholds[1] - thresholds[0]:.2f}"
+    """A threshold sweep in words: its even runs, each as first to last and step."""
+    runs, start = [], 0
+    steps = np.round(np.diff(thresholds), 6)                            # (n - 1,)
+    for i in range(1, len(steps) + 1):
+        if i == len(steps) or steps[i] != steps[start]:
+            runs.append(f"{thresholds[start]:.2f} to {thresholds[i]:.2f} in steps of {steps[start]:.2f}")
+            start = i
+    return ", then ".join(runs)
 
 
 def _threshold_text(ev: Evaluation, m: Method) -> str:
@@ -688,6 +700,15 @@ def _calibration_note(cal: MethodCalibration) -> str:
             f"--healthy volume(s) ({names}; mean over volumes).")
 
 
+def _table2_lines(methods: Sequence[Method], table: Sequence[dict]) -> list[str]:
+    """Table 2 in markdown: per method each metric's mean ± std, and the time per slice."""
+    lines = ["| Method | Dice | IoU | Precision | Recall | AUC | Time (s) |", "|---|---|---|---|---|---|---|"]
+    for m, row in zip(methods, table):
+        cells = [f"{_fmt(row[f'{k}_mean'])} ± {_fmt(row[f'{k}_std'])}" for k in METRICS]
+        lines.append(f"| {m.label} | " + " | ".join(cells) + f" | {_fmt(row['time_per_slice_s'])} |")
+    return lines
+
+
 def table_md(ev: Evaluation, source: str) -> str:
     """Table 2 of the paper for these cases, then the per-volume metrics the field reports."""
     n_cases = len(ev.results)
@@ -709,12 +730,8 @@ def table_md(ev: Evaluation, source: str) -> str:
         *([_calibration_note(cal), ""] if cal else []),
         *([ev.intensity.describe(), ""] if any(m.model_free for m in ev.methods) else []),
         *([_hygiene_note(ev), ""] if any(m.options != MapOptions() for m in ev.methods) else []),
-        "| Method | Dice | IoU | Precision | Recall | AUC | Time (s) |",
-        "|---|---|---|---|---|---|---|",
+        *_table2_lines(ev.methods, ev.table),
     ]
-    for m, row in zip(ev.methods, ev.table):
-        cells = [f"{_fmt(row[f'{k}_mean'])} ± {_fmt(row[f'{k}_std'])}" for k in METRICS]
-        lines.append(f"| {m.label} | " + " | ".join(cells) + f" | {_fmt(row['time_per_slice_s'])} |")
     vol = volume_summary(ev)
     fpr = bool(ev.healthy_fpr)
     lines += [
@@ -739,12 +756,17 @@ def table_md(ev: Evaluation, source: str) -> str:
         "- Slice Dice, volume mask: the protocol slices' mean Dice (as in the table above) of the whole-volume mask at "
         "the threshold used: what the viewer shows on those slices after a whole-volume run; differs from the "
         "table above only where 3-D regions apply (and by the last bits of batched arithmetic).",
-        "- Best slice threshold: the sweep's threshold with the highest mean protocol-slice Dice, and that Dice. It is "
-        "**chosen on these same test cases, so its Dice is optimistic**; pick thresholds on separate data.",
+        "- Best slice threshold: the threshold of the sweep (plus the one used) with the highest mean protocol-slice "
+        "Dice, and that Dice. It is **chosen on these same test cases, so its Dice is optimistic**; pick thresholds "
+        "on separate data.",
+        "- Slice Dice ceiling: the mean over the protocol slices of each slice's best Dice on the sweep: the most any "
+        "one threshold, or any rule choosing a threshold per slice, can get from this heat map (post-processed as the "
+        "method; the sweep's grid).",
         "",
         "| Method | Threshold | Volume Dice | ⌈Dice⌉ (optimistic) | AUROC | AUPRC | Slice Dice, volume mask |"
-        + (" Healthy FPR |" if fpr else "") + " Best slice threshold | Slice Dice at it (optimistic) |",
-        "|---|---|---|---|---|---|---|" + ("---|" if fpr else "") + "---|---|",
+        + (" Healthy FPR |" if fpr else "")
+        + " Best slice threshold | Slice Dice at it (optimistic) | Slice Dice ceiling |",
+        "|---|---|---|---|---|---|---|" + ("---|" if fpr else "") + "---|---|---|",
     ]
     for m in ev.methods:
         v = vol.get(m.name)
@@ -753,7 +775,7 @@ def table_md(ev: Evaluation, source: str) -> str:
         if fpr:
             cells.append(_fmt(ev.healthy_fpr[m.name]["mean"], 4) if m.name in ev.healthy_fpr else "—")
         s = ev.sweep[m.name]
-        cells += [f"{s['best_threshold']:.2f}", _fmt(s["best_dice"])]
+        cells += [f"{s['best_threshold']:.2f}", _fmt(s["best_dice"]), _fmt(s["ceiling_dice"])]
         lines.append(f"| {m.label} | " + " | ".join(cells) + " |")
     fig = _figure_method(ev)
     shown = ("reconstruction (none: black, the baseline has no model), heat map (signed intensity, inferno, -1 black "
@@ -822,14 +844,19 @@ def extra_json(ev: Evaluation, meta: dict) -> dict:
                                    "protocol slices",
                            "per_method": volume_summary(ev)},
         "threshold_sweep": {"note": "best threshold chosen on these test cases: optimistic, not a fair estimate; "
-                                    "thresholds: the squared-error sweep, each method's own under per_method",
+                                    "ceiling_dice: the mean over the protocol slices of each one's best Dice on the "
+                                    "sweep; thresholds: the squared-error sweep, each method's own under per_method",
                             "thresholds": list(SWEEP_THRESHOLDS), "per_method": ev.sweep},
         "healthy_false_positive_rate": ev.healthy_fpr or None,
         **({"calibration": ev.calibration.to_json()} if ev.calibration else {}),
         "per_slice": ev.per_slice,
-        "versions": {"sss_viewer": sss_viewer.__version__, "python": platform.python_version(),
-                     "torch": torch.__version__, "numpy": np.__version__},
+        "versions": _versions(),
     }
+
+
+def _versions() -> dict[str, str]:
+    return {"sss_viewer": sss_viewer.__version__, "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__}
 
 
 def write_results(ev: Evaluation, out_dir: str | os.PathLike, meta: dict, source: str = "") -> list[Path]:
@@ -837,10 +864,98 @@ def write_results(ev: Evaluation, out_dir: str | os.PathLike, meta: dict, source
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "table.csv", out / "table.md", out / "extra.json", out / "figure.png"]
-    atomic_write_text(paths[0], table_csv(ev))
+    atomic_write_text(paths[0], table_csv(ev.table))
     atomic_write_text(paths[1], table_md(ev, source))
     atomic_write_text(paths[2], json.dumps(extra_json(ev, meta), indent=2, allow_nan=True) + "\n")
     write_png(paths[3], figure(ev))
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------- several noise seeds
+
+SEED_METRICS = {"threshold": "Threshold", "dice": "Slice Dice", "auc": "AUC", "volume_dice": "Volume Dice",
+                "auroc": "AUROC", "healthy_fpr": "Healthy FPR", "best_dice": "Slice Dice at the best threshold "
+                "(optimistic)", "ceiling_dice": "Slice Dice ceiling"}  # across_seeds' entries, their table.md heads
+
+
+def pooled_table(evs: Sequence[Evaluation]) -> list[dict]:
+    """Table 2 over several noise seeds: per method, each metric's mean and std over every seed's protocol slices
+    (n_slices counts them all); the time per slice is the mean over seeds."""
+    return [table_row(m.name, [rec for ev in evs for rec in ev.per_slice if rec["method"] == m.name],
+                      float(np.mean([ev.table[i]["time_per_slice_s"] for ev in evs])))
+            for i, m in enumerate(evs[0].methods)]
+
+
+def across_seeds(evs: Sequence[Evaluation]) -> dict[str, dict]:
+    """Per method, per SEED_METRICS entry it has: each seed's value and their mean and std over seeds (the spread
+    one seed's row hides). threshold: a model method's; dice, auc: the seed's Table 2 means; volume_dice, auroc: its
+    means over volumes; healthy_fpr: its mean over the healthy volumes; best_dice, ceiling_dice: its
+    threshold_sweep's."""
+    volumes = [volume_summary(ev) for ev in evs]
+    out = {}
+    for i, m in enumerate(evs[0].methods):
+        values: dict[str, dict[int, float]] = {key: {} for key in SEED_METRICS}
+        for ev, vol in zip(evs, volumes):
+            if not m.model_free:
+                values["threshold"][ev.seed] = ev.threshold_of(m)
+            values["dice"][ev.seed], values["auc"][ev.seed] = ev.table[i]["dice_mean"], ev.table[i]["auc_mean"]
+            if m.name in vol:
+                values["volume_dice"][ev.seed] = vol[m.name]["dice"]["mean"]
+                values["auroc"][ev.seed] = vol[m.name]["auroc"]["mean"]
+            if m.name in ev.healthy_fpr:
+                values["healthy_fpr"][ev.seed] = ev.healthy_fpr[m.name]["mean"]
+            values["best_dice"][ev.seed] = ev.sweep[m.name]["best_dice"]
+            values["ceiling_dice"][ev.seed] = ev.sweep[m.name]["ceiling_dice"]
+        out[m.name] = {key: {"per_seed": v, "mean": mean, "std": std}
+                       for key, v in values.items() if v for mean, std in [_mean_std(list(v.values()))]}
+    return out
+
+
+def seeds_md(evs: Sequence[Evaluation], source: str) -> str:
+    """table.md of several noise seeds: Table 2 over all of them, then each seed's summary values side by side."""
+    table, summary = pooled_table(evs), across_seeds(evs)
+    seeds = ", ".join(str(ev.seed) for ev in evs)
+    calibrated = "; each seed's thresholds calibrated again at that seed" if evs[0].calibration else ""
+    lines = [
+        f"# sss-eval: {source}", "",
+        f"Noise seeds {seeds}: the same cases, protocol slices and methods run once per seed{calibrated}. Each "
+        "seed's own table.md, table.csv, extra.json and figure.png are in seed-<N>/.", "",
+        f"Table 2 over all seeds: mean ± std over the {table[0]['n_slices']} protocol slices of the {len(evs)} "
+        f"seeds ({len(evs[0].results)} volume(s)); time per slice: the mean over seeds.", "",
+        *_table2_lines(evs[0].methods, table),
+        "", "## Across noise seeds", "",
+        f"Per seed (in the order {seeds}) and, in brackets, mean ± std over the seeds. Slice Dice and AUC: the seed's "
+        "Table 2 means; volume Dice and AUROC: its means over the volumes; healthy FPR: its mean over the --healthy "
+        "volumes; the best threshold's Dice (chosen on these cases) and the ceiling: as in seed-<N>/table.md.", "",
+        "| Method | " + " | ".join(SEED_METRICS.values()) + " |", "|---|" + "---|" * len(SEED_METRICS),
+    ]
+    for m in evs[0].methods:
+        cells = []
+        for key in SEED_METRICS:
+            v, digits = summary[m.name].get(key), 4 if key == "healthy_fpr" else 3
+            cells.append("—" if v is None else " / ".join(_fmt(x, digits) for x in v["per_seed"].values())
+                         + f" ({_fmt(v['mean'], digits)} ± {_fmt(v['std'], digits)})")
+        lines.append(f"| {m.label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines + [""])
+
+
+def write_seeds(evs: Sequence[Evaluation], out_dir: str | os.PathLike, meta: dict, source: str = "") -> list[Path]:
+    """One seed: write_results. Several: each seed's outputs in out_dir/seed-<N>/, then in out_dir table.csv (Table
+    2 over all seeds), table.md (seeds_md), extra.json (across_seeds) and figure.png (the first seed's)."""
+    if len(evs) == 1:
+        return write_results(evs[0], out_dir, meta, source)
+    out = Path(out_dir)
+    for ev in evs:
+        write_results(ev, out / f"seed-{ev.seed}", meta, source)
+    paths = [out / "table.csv", out / "table.md", out / "extra.json", out / "figure.png"]
+    table = pooled_table(evs)
+    atomic_write_text(paths[0], table_csv(table))
+    atomic_write_text(paths[1], seeds_md(evs, source))
+    summary = {**meta, "seeds": [ev.seed for ev in evs], "seed_dirs": [f"seed-{ev.seed}" for ev in evs],
+               "methods": [m.name for m in evs[0].methods], "table": table, "across_seeds": across_seeds(evs),
+               "versions": _versions()}
+    atomic_write_text(paths[2], json.dumps(summary, indent=2, allow_nan=True) + "\n")
+    write_png(paths[3], figure(evs[0]))
     return paths
 
 
@@ -857,6 +972,17 @@ def parse_methods(text: str) -> list[Method]:
         raise argparse.ArgumentTypeError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; "
                                          f"choose from {','.join(METHODS)}, or {METHOD_GRAMMAR}")
     return list({m.name: m for m in found.values()}.values())   # one row per canonical name
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = list(dict.fromkeys(int(s) for s in text.split(",") if s.strip()))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"--seeds takes whole numbers separated by commas, e.g. 0,1,2,3,4, not "
+                                         f"{text!r}") from err
+    if not seeds:
+        raise argparse.ArgumentTypeError("--seeds needs at least one seed, e.g. 0,1,2,3,4")
+    return seeds
 
 
 def default_methods(recommended: Recommended) -> list[Method]:
@@ -889,7 +1015,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "model-free baseline (signed intensity above a threshold calibrated on --healthy)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N] (default auto)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
-    p.add_argument("--seed", type=int, default=0, help="noise seed; equal seeds give equal tables (default 0)")
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=0, help="noise seed; equal seeds give equal tables (default 0)")
+    seeds.add_argument("--seeds", type=parse_seeds, default=None, metavar="S1,S2,...",
+                       help="run the evaluation once per noise seed (with --calibrate, calibrated at each) and report "
+                            "Table 2 over all of them and each seed's values beside each other (each seed's own "
+                            "outputs in DIR/seed-<N>/): one seed's row can be luck")
     p.add_argument("--draws", type=int, default=None, metavar="K",
                    help="noise draws averaged per slice by the single-step methods (default: the checkpoint's "
                         "recommended number, else 1)")
@@ -977,7 +1108,8 @@ def main(argv: list[str] | None = None) -> int:
                  if any(m.model_free for m in methods) else None)
 
     try:
-        evaluation = evaluate(detector, cases, methods, threshold, args.seed, healthy, intensity, budget)
+        evaluations = [evaluate(detector, cases, methods, threshold, seed, healthy, intensity, budget)
+                       for seed in args.seeds or [args.seed]]
     except EvalError as err:  # --calibrate: a method that no threshold keeps within the budget
         return fail(err)
     meta = {"manifest": str(args.manifest.resolve()), "modality": args.modality,
@@ -987,10 +1119,12 @@ def main(argv: list[str] | None = None) -> int:
             "device": str(detector.device), "precision": detector.precision, "draws": detector.draws,
             "healthy": [str(p) for p in args.healthy], "healthy_modalities": healthy_modalities}
     try:
-        paths = write_results(evaluation, args.out, meta, source=f"{args.manifest} ({args.modality})")
+        paths = write_seeds(evaluations, args.out, meta, source=f"{args.manifest} ({args.modality})")
     except OSError as err:
         return fail(f"cannot write to {args.out} ({err.strerror}); check the folder's permissions and free space")
-    for row in evaluation.table:
+    if len(evaluations) > 1:
+        print(f"over seeds {','.join(str(ev.seed) for ev in evaluations)}:")
+    for row in pooled_table(evaluations):
         print(f"{row['method']:>14}  dice {_fmt(row['dice_mean'])} ± {_fmt(row['dice_std'])}  "
               f"auc {_fmt(row['auc_mean'])}  {_fmt(row['time_per_slice_s'])} s/slice")
     print("wrote " + ", ".join(str(p) for p in paths))
